@@ -80,6 +80,17 @@ class AgentError(RPCError):
 class AuthError(AgentError):
     """The agent refused our RPC auth key, or needs one we did not give."""
 
+    def __init__(self, agent_text: str, *, command: str = "") -> None:
+        super().__init__(agent_text, command=command)
+        hint = ""
+        if agent_text == "Authentication required":
+            hint = (
+                " (the agent has an RPC auth key:"
+                " give --rpc-auth, --rpc-auth-file or SERF_RPC_AUTH)"
+            )
+        # The key itself never appears here: only the agent's text does.
+        self.args = (f"authentication failed: agent said: {agent_text}{hint}",)
+
 
 class HandshakeError(AgentError):
     """The agent refused the handshake (unsupported IPC version)."""

@@ -1,0 +1,355 @@
+"""The ``serfbridge`` command line: parse, call one function, print, map errors to exit codes.
+
+Thin by design (like kopf's CLI): each command turns its options into arguments for the
+client or a planner, and prints the result. Exit codes: 0 ok, 1 runtime failure, 2 bad
+input; errors are one line on stderr, with a traceback only under ``-v``. The RPC auth
+key is read from a flag, ``SERF_RPC_AUTH`` or a file, and never printed or logged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from serfbridge import __version__
+from serfbridge.errors import SerfBridgeError, UsageError
+from serfbridge.rpc.client import DEFAULT_ADDR, SerfClient, check_regex
+from serfbridge.rpc.models import (
+    LogLine,
+    Member,
+    MemberEvent,
+    QueryEvent,
+    QueryRecord,
+    Reconnected,
+    StreamItem,
+    UserEvent,
+)
+
+log = logging.getLogger("serfbridge")
+
+
+@dataclass
+class Settings:
+    rpc_addr: str
+    rpc_auth: str | None
+    verbose: int
+
+    def client(self) -> SerfClient:
+        return SerfClient(self.rpc_addr, auth_key=self.rpc_auth)
+
+
+def _read_auth(rpc_auth: str | None, rpc_auth_file: str | None) -> str | None:
+    if rpc_auth_file:
+        try:
+            return Path(rpc_auth_file).read_text().strip() or None
+        except OSError as exc:
+            raise UsageError(
+                f"cannot read --rpc-auth-file {rpc_auth_file}: {exc.strerror}"
+            ) from exc
+    return rpc_auth or None
+
+
+def parse_pairs(pairs: tuple[str, ...], what: str) -> dict[str, str]:
+    """``k=v`` arguments → dict; split on the first ``=`` like the serf CLI."""
+    result: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"{what} must be key=value, got {pair!r}")
+        result[key] = value
+    return result
+
+
+class _Group(click.Group):
+    """Runs commands with our error handling: one line, exit 1 or 2."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except SerfBridgeError as exc:
+            verbose = ctx.obj.verbose if isinstance(ctx.obj, Settings) else 0
+            if verbose:
+                log.exception("failed")
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(2 if exc.bad_input else 1)
+        except KeyboardInterrupt:
+            ctx.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="serfbridge")
+@click.option(
+    "--rpc-addr",
+    envvar="SERF_RPC_ADDR",
+    default=DEFAULT_ADDR,
+    show_default=True,
+    show_envvar=True,
+    help="Serf agent RPC address.",
+)
+@click.option(
+    "--rpc-auth",
+    envvar="SERF_RPC_AUTH",
+    default=None,
+    show_envvar=True,
+    help="Serf RPC auth key (prefer --rpc-auth-file: flags show in `ps`).",
+)
+@click.option(
+    "--rpc-auth-file",
+    envvar="SERFBRIDGE_RPC_AUTH_FILE",
+    default=None,
+    show_envvar=True,
+    type=click.Path(dir_okay=False),
+    help="Read the Serf RPC auth key from this file.",
+)
+@click.option("-v", "--verbose", count=True, help="More logging; tracebacks on errors.")
+@click.pass_context
+def cli(
+    ctx: click.Context, rpc_addr: str, rpc_auth: str | None, rpc_auth_file: str | None, verbose: int
+) -> None:
+    """Keep a Serf gossip cluster and a Kubernetes cluster in sync."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    ctx.obj = Settings(rpc_addr, _read_auth(rpc_auth, rpc_auth_file), verbose)
+
+
+@contextmanager
+def _client(ctx: click.Context) -> Iterator[SerfClient]:
+    settings: Settings = ctx.find_object(Settings)  # type: ignore[assignment]
+    client = settings.client()
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+# --- members ---------------------------------------------------------------------------
+
+
+def format_member_line(m: Member, width: int) -> str:
+    tags = ",".join(f"{k}={v}" for k, v in sorted(m.tags.items()))
+    return f"{m.name:<{width}}  {m.addr}:{m.port:<6}  {m.status:<7}  {tags}".rstrip()
+
+
+@cli.command()
+@click.option("--status", default="", help="Only members whose status matches this regex.")
+@click.option("--name", default="", help="Only members whose name matches this regex.")
+@click.option(
+    "--tag",
+    "tag_filters",
+    multiple=True,
+    metavar="KEY=REGEX",
+    help="Only members with a tag matching this regex (repeatable).",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print JSON like `serf members -format json`."
+)
+@click.pass_context
+def members(
+    ctx: click.Context, status: str, name: str, tag_filters: tuple[str, ...], as_json: bool
+) -> None:
+    """List the members of the gossip cluster, like `serf members`.
+
+    Filters are anchored regexes, as in `serf members`. Env: SERF_RPC_ADDR, SERF_RPC_AUTH.
+    """
+    tags = parse_pairs(tag_filters, "--tag")
+    for key, pattern in tags.items():
+        check_regex(pattern, f"--tag {key}")
+    check_regex(status, "--status")
+    check_regex(name, "--name")
+    with _client(ctx) as client:
+        if tags or status or name:
+            found = client.members_filtered(tags=tags, status=status, name=name)
+        else:
+            found = client.members()
+    if as_json:
+        click.echo(json.dumps({"members": [m.to_json() for m in found]}, indent=2))
+        return
+    width = max((len(m.name) for m in found), default=0)
+    for m in found:
+        click.echo(format_member_line(m, width))
+
+
+# --- tags ------------------------------------------------------------------------------
+
+
+@cli.group()
+def tags() -> None:
+    """Change this agent's tags (merge semantics; oversized sets are refused before sending)."""
+
+
+@tags.command("set")
+@click.argument("pairs", nargs=-1, required=True, metavar="KEY=VALUE...")
+@click.pass_context
+def tags_set(ctx: click.Context, pairs: tuple[str, ...]) -> None:
+    """Set tags on the local agent. Env: SERF_RPC_ADDR, SERF_RPC_AUTH."""
+    new = parse_pairs(pairs, "tag")
+    with _client(ctx) as client:
+        client.tags(new)
+    click.echo(f"set {', '.join(sorted(new))}")
+
+
+@tags.command("delete")
+@click.argument("keys", nargs=-1, required=True)
+@click.pass_context
+def tags_delete(ctx: click.Context, keys: tuple[str, ...]) -> None:
+    """Delete tags from the local agent. Env: SERF_RPC_ADDR, SERF_RPC_AUTH."""
+    with _client(ctx) as client:
+        client.tags(delete=keys)
+    click.echo(f"deleted {', '.join(keys)}")
+
+
+# --- events, queries, streams ----------------------------------------------------------
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("payload", default="")
+@click.option("--coalesce/--no-coalesce", default=True, show_default=True)
+@click.pass_context
+def event(ctx: click.Context, name: str, payload: str, coalesce: bool) -> None:
+    """Send a user event to the cluster. Env: SERF_RPC_ADDR, SERF_RPC_AUTH."""
+    with _client(ctx) as client:
+        client.event(name, payload.encode(), coalesce=coalesce)
+    click.echo(f"event {name} dispatched")
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("payload", default="")
+@click.option("--node", "nodes", multiple=True, help="Only ask this node (repeatable).")
+@click.option(
+    "--tag",
+    "tag_filters",
+    multiple=True,
+    metavar="KEY=REGEX",
+    help="Only ask nodes whose tag matches (unanchored, as Serf does).",
+)
+@click.option("--ack", is_flag=True, help="Ask nodes to acknowledge receipt.")
+@click.option("--timeout", type=float, default=0.0, help="Seconds; 0 = the agent's default.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per record.")
+@click.pass_context
+def query(
+    ctx: click.Context,
+    name: str,
+    payload: str,
+    nodes: tuple[str, ...],
+    tag_filters: tuple[str, ...],
+    ack: bool,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Send a query and print acks and responses. Env: SERF_RPC_ADDR, SERF_RPC_AUTH."""
+    filters = parse_pairs(tag_filters, "--tag")
+    for key, pattern in filters.items():
+        check_regex(pattern, f"--tag {key}")
+    with _client(ctx) as client:
+        for record in client.query(
+            name,
+            payload.encode(),
+            filter_nodes=nodes,
+            filter_tags=filters,
+            request_ack=ack,
+            timeout_s=timeout,
+        ):
+            click.echo(format_item(record, as_json))
+
+
+def _text(payload: bytes) -> str:
+    return payload.decode("utf-8", "backslashreplace")
+
+
+def format_item(item: StreamItem, as_json: bool) -> str:
+    """One line for a stream/query/monitor item."""
+    if isinstance(item, MemberEvent):
+        data: dict[str, object] = {
+            "event": item.event,
+            "members": [m.to_json() for m in item.members],
+        }
+        text = f"{item.event}: " + ", ".join(f"{m.name} ({m.status})" for m in item.members)
+    elif isinstance(item, UserEvent):
+        data = {
+            "event": "user",
+            "name": item.name,
+            "payload": _text(item.payload),
+            "ltime": item.ltime,
+            "coalesce": item.coalesce,
+        }
+        text = f"user: {item.name} {_text(item.payload)}".rstrip()
+    elif isinstance(item, QueryEvent):
+        data = {
+            "event": "query",
+            "id": item.id,
+            "name": item.name,
+            "payload": _text(item.payload),
+            "ltime": item.ltime,
+        }
+        text = f"query: {item.name} (id {item.id}) {_text(item.payload)}".rstrip()
+    elif isinstance(item, QueryRecord):
+        data = {"type": item.type, "from": item.from_node, "payload": _text(item.payload)}
+        text = {"ack": f"ack from {item.from_node}", "done": "done"}.get(
+            item.type, f"response from {item.from_node}: {_text(item.payload)}"
+        )
+    elif isinstance(item, LogLine):
+        data, text = {"log": item.line}, item.line
+    else:
+        data, text = {"event": "reconnected"}, "reconnected to the agent (events may be missed)"
+    return json.dumps(data, separators=(",", ":")) if as_json else text
+
+
+def _follow(items: Iterator[StreamItem], count: int, as_json: bool) -> None:
+    seen = 0
+    for item in items:
+        if isinstance(item, Reconnected):
+            click.echo(format_item(item, False), err=True)
+            continue
+        click.echo(format_item(item, as_json))
+        seen += 1
+        if count and seen >= count:
+            return
+
+
+@cli.command()
+@click.argument("event_filter", default="*", metavar="[FILTER]")
+@click.option("--count", type=int, default=0, help="Exit after this many events (0 = never).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per event.")
+@click.pass_context
+def stream(ctx: click.Context, event_filter: str, count: int, as_json: bool) -> None:
+    """Follow events: FILTER is Serf's list, e.g. member-join,user:deploy (default *).
+
+    Env: SERF_RPC_ADDR, SERF_RPC_AUTH.
+    """
+    if " " in event_filter:
+        raise UsageError(f"stream filter must not contain spaces: {event_filter!r}")
+    with _client(ctx) as client, client.stream(event_filter) as events:
+        _follow(events, count, as_json)
+
+
+@cli.command()
+@click.option(
+    "--log-level",
+    default="INFO",
+    show_default=True,
+    type=click.Choice(["TRACE", "DEBUG", "INFO", "WARN", "ERR"], case_sensitive=False),
+)
+@click.option("--count", type=int, default=0, help="Exit after this many lines (0 = never).")
+@click.pass_context
+def monitor(ctx: click.Context, log_level: str, count: int) -> None:
+    """Follow the agent's log. Env: SERF_RPC_ADDR, SERF_RPC_AUTH."""
+    with _client(ctx) as client, client.monitor(log_level.upper()) as lines:
+        _follow(lines, count, False)
+
+
+def main() -> None:
+    cli(prog_name="serfbridge")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

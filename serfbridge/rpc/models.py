@@ -1,0 +1,294 @@
+"""Typed values of the Serf RPC protocol: members, stream records, replies.
+
+The protocol core (``protocol.py``) builds these from raw msgpack objects with the
+``parse_*`` functions below, which check every field's type, so nothing untyped and no
+``Any`` leaves the core. A wrong shape raises ``ProtocolError`` (the peer broke the
+protocol); it never raises anything else.
+
+Pure: no I/O. Field names follow Serf's Go structs (``reference/serf-rpc.md`` §3-§5).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from serfbridge.errors import ProtocolError
+
+# --- raw-value checks ------------------------------------------------------------------
+
+
+def _map(obj: object, what: str) -> Mapping[str, object]:
+    if not isinstance(obj, dict) or not all(isinstance(k, str) for k in obj):
+        raise ProtocolError(f"{what}: expected a map with string keys, got {type(obj).__name__}")
+    return obj
+
+
+def _str(m: Mapping[str, object], key: str, what: str) -> str:
+    value = m.get(key, "")
+    if not isinstance(value, str):
+        raise ProtocolError(f"{what}.{key}: expected a string, got {type(value).__name__}")
+    return value
+
+
+def _int(m: Mapping[str, object], key: str, what: str) -> int:
+    value = m.get(key, 0)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ProtocolError(f"{what}.{key}: expected an integer, got {type(value).__name__}")
+    return value
+
+
+def _bool(m: Mapping[str, object], key: str, what: str) -> bool:
+    value = m.get(key, False)
+    if not isinstance(value, bool):
+        raise ProtocolError(f"{what}.{key}: expected a boolean, got {type(value).__name__}")
+    return value
+
+
+def _bytes(m: Mapping[str, object], key: str, what: str) -> bytes:
+    # An empty []byte comes back as nil (§1); str is tolerated like the agent does.
+    value = m.get(key)
+    if value is None:
+        return b""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape")
+    raise ProtocolError(f"{what}.{key}: expected bytes, got {type(value).__name__}")
+
+
+def _str_map(obj: object, what: str) -> dict[str, str]:
+    if obj is None:
+        return {}
+    m = _map(obj, what)
+    if not all(isinstance(v, str) for v in m.values()):
+        raise ProtocolError(f"{what}: expected string values")
+    return {k: str(v) for k, v in m.items()}
+
+
+def _list(obj: object, what: str) -> list[object]:
+    if obj is None:
+        return []
+    if not isinstance(obj, list):
+        raise ProtocolError(f"{what}: expected a list, got {type(obj).__name__}")
+    return obj
+
+
+# --- members ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Member:
+    """One Serf member as ``members`` and member events report it."""
+
+    name: str
+    addr: str  # the IP in text form; the wire carries 4 or 16 raw bytes
+    port: int
+    tags: Mapping[str, str] = field(hash=False)
+    status: str
+    protocol: tuple[int, int, int] = (0, 0, 0)  # memberlist min, max, cur
+    delegate: tuple[int, int, int] = (0, 0, 0)  # serf min, max, cur
+
+    def to_json(self) -> dict[str, object]:
+        """The shape `serfbridge members --json` prints (like `serf members -format json`)."""
+        return {
+            "name": self.name,
+            "addr": f"{self.addr}:{self.port}"
+            if ":" not in self.addr
+            else f"[{self.addr}]:{self.port}",
+            "port": self.port,
+            "tags": dict(self.tags),
+            "status": self.status,
+            "protocol": {
+                "min": self.protocol[0],
+                "max": self.protocol[1],
+                "version": self.protocol[2],
+            },
+        }
+
+
+def _addr(raw: object, what: str) -> str:
+    if isinstance(raw, bytes) and len(raw) in (4, 16):
+        return str(ipaddress.ip_address(raw))
+    if raw is None or raw == b"":
+        return ""
+    raise ProtocolError(f"{what}.Addr: expected 4 or 16 bytes")
+
+
+def parse_member(obj: object) -> Member:
+    m = _map(obj, "Member")
+    return Member(
+        name=_str(m, "Name", "Member"),
+        addr=_addr(m.get("Addr"), "Member"),
+        port=_int(m, "Port", "Member"),
+        tags=_str_map(m.get("Tags"), "Member.Tags"),
+        status=_str(m, "Status", "Member"),
+        protocol=tuple(_int(m, f"Protocol{k}", "Member") for k in ("Min", "Max", "Cur")),  # type: ignore[arg-type]
+        delegate=tuple(_int(m, f"Delegate{k}", "Member") for k in ("Min", "Max", "Cur")),  # type: ignore[arg-type]
+    )
+
+
+def parse_members(obj: object) -> tuple[Member, ...]:
+    body = _map(obj, "members reply")
+    return tuple(parse_member(x) for x in _list(body.get("Members"), "Members"))
+
+
+# --- stream records (§4, §5) -----------------------------------------------------------
+
+MEMBER_EVENTS = frozenset(
+    {"member-join", "member-leave", "member-failed", "member-update", "member-reap"}
+)
+
+
+@dataclass(frozen=True)
+class MemberEvent:
+    event: str  # one of MEMBER_EVENTS
+    members: tuple[Member, ...]
+
+
+@dataclass(frozen=True)
+class UserEvent:
+    name: str
+    payload: bytes
+    ltime: int
+    coalesce: bool
+
+
+@dataclass(frozen=True)
+class QueryEvent:
+    """A query seen on a stream; answer it with ``respond`` on the same connection."""
+
+    id: int
+    name: str
+    payload: bytes
+    ltime: int
+
+
+@dataclass(frozen=True)
+class QueryRecord:
+    """One record of a ``query`` we sent: ``ack``, ``response`` or the final ``done``."""
+
+    type: str
+    from_node: str
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class LogLine:
+    line: str
+
+
+@dataclass(frozen=True)
+class Reconnected:
+    """Not from the agent: the client re-dialled and re-subscribed; events may be missed."""
+
+
+StreamItem = MemberEvent | UserEvent | QueryEvent | QueryRecord | LogLine | Reconnected
+
+
+def parse_event_record(obj: object) -> MemberEvent | UserEvent | QueryEvent:
+    m = _map(obj, "event record")
+    event = _str(m, "Event", "event record")
+    if event in MEMBER_EVENTS:
+        members = tuple(parse_member(x) for x in _list(m.get("Members"), "Members"))
+        return MemberEvent(event=event, members=members)
+    if event == "user":
+        return UserEvent(
+            name=_str(m, "Name", "user event"),
+            payload=_bytes(m, "Payload", "user event"),
+            ltime=_int(m, "LTime", "user event"),
+            coalesce=_bool(m, "Coalesce", "user event"),
+        )
+    if event == "query":
+        return QueryEvent(
+            id=_int(m, "ID", "query event"),
+            name=_str(m, "Name", "query event"),
+            payload=_bytes(m, "Payload", "query event"),
+            ltime=_int(m, "LTime", "query event"),
+        )
+    raise ProtocolError(f"unknown stream event type {event!r}")
+
+
+def parse_query_record(obj: object) -> QueryRecord:
+    m = _map(obj, "query record")
+    kind = _str(m, "Type", "query record")
+    if kind not in ("ack", "response", "done"):
+        raise ProtocolError(f"unknown query record type {kind!r}")
+    return QueryRecord(
+        type=kind, from_node=_str(m, "From", "query record"), payload=_bytes(m, "Payload", "query")
+    )
+
+
+def parse_log_record(obj: object) -> LogLine:
+    return LogLine(line=_str(_map(obj, "log record"), "Log", "log record"))
+
+
+# --- reply bodies ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KeyResponse:
+    messages: Mapping[str, str] = field(hash=False)
+    keys: Mapping[str, int] = field(hash=False)
+    num_nodes: int
+    num_err: int
+    num_resp: int
+
+
+@dataclass(frozen=True)
+class Coordinate:
+    vec: tuple[float, ...]
+    error: float
+    adjustment: float
+    height: float
+
+
+def _float(m: Mapping[str, object], key: str, what: str) -> float:
+    value = m.get(key, 0.0)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ProtocolError(f"{what}.{key}: expected a number")
+    return float(value)
+
+
+def parse_key_response(obj: object) -> KeyResponse:
+    m = _map(obj, "key reply")
+    keys = m.get("Keys")
+    keymap = _map(keys, "Keys") if keys is not None else {}
+    if not all(isinstance(v, int) for v in keymap.values()):
+        raise ProtocolError("Keys: expected integer counts")
+    return KeyResponse(
+        messages=_str_map(m.get("Messages"), "Messages"),
+        keys={k: int(v) for k, v in keymap.items()},  # type: ignore[call-overload]
+        num_nodes=_int(m, "NumNodes", "key reply"),
+        num_err=_int(m, "NumErr", "key reply"),
+        num_resp=_int(m, "NumResp", "key reply"),
+    )
+
+
+def parse_coordinate(obj: object) -> Coordinate | None:
+    m = _map(obj, "coordinate reply")
+    if not _bool(m, "Ok", "coordinate reply"):
+        return None
+    c = _map(m.get("Coord"), "Coord")
+    vec = _list(c.get("Vec"), "Coord.Vec")
+    if not all(isinstance(x, int | float) and not isinstance(x, bool) for x in vec):
+        raise ProtocolError("Coord.Vec: expected numbers")
+    return Coordinate(
+        vec=tuple(float(x) for x in vec),  # type: ignore[arg-type]
+        error=_float(c, "Error", "Coord"),
+        adjustment=_float(c, "Adjustment", "Coord"),
+        height=_float(c, "Height", "Coord"),
+    )
+
+
+def parse_stats(obj: object) -> dict[str, dict[str, str]]:
+    m = _map(obj, "stats reply")
+    return {k: _str_map(v, f"stats.{k}") for k, v in m.items()}
+
+
+def parse_join(obj: object) -> int:
+    return _int(_map(obj, "join reply"), "Num", "join reply")
+
+
+ReplyBody = tuple[Member, ...] | KeyResponse | Coordinate | dict[str, dict[str, str]] | int | None
