@@ -1,0 +1,225 @@
+"""The to-k8s planner: matching, writers, the partition guard, ownership, hostile gossip."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from serfbridge import rendezvous
+from serfbridge.errors import ConfigError
+from serfbridge.kubemodels import NodeInfo
+from serfbridge.plan_labels import (
+    LabelSettings,
+    desired_metadata,
+    is_label_name,
+    is_label_value,
+    match_members,
+    plan_labels,
+)
+from serfbridge.rpc.models import Member
+
+P = "serfbridge.io"
+
+
+def member(name: str, status: str = "alive", addr: str = "127.0.0.1", **tags: str) -> Member:
+    return Member(name=name, addr=addr, port=7946, tags=tags, status=status)
+
+
+def node(name: str, addr: str = "", labels=None, annotations=None) -> NodeInfo:
+    return NodeInfo(
+        name=name,
+        uid=name,
+        labels=labels or {},
+        annotations=annotations or {},
+        addresses=(("InternalIP", addr or f"10.0.0.{name[-1]}"),),
+        ready=True,
+    )
+
+
+NODES = {n: node(n) for n in ("k1", "k2", "k3")}
+
+
+def cluster_members(**status: str) -> list[Member]:
+    return [member(f"serf-{n}", status.get(n, "alive"), k8s=f"lab/{n}") for n in NODES]
+
+
+def cfg(self_node: str = "k1", **kw) -> LabelSettings:
+    return LabelSettings(self_node=self_node, cluster="lab", self_member=f"serf-{self_node}", **kw)
+
+
+@pytest.mark.parametrize(
+    ("m", "expected"),
+    [
+        pytest.param(member("x", k8s="lab/k2"), "k2", id="by-k8s-tag"),
+        pytest.param(member("k3", k8s="other/k3"), None, id="other-cluster-left-alone"),
+        pytest.param(member("x", addr="10.0.0.2"), "k2", id="by-address"),
+        pytest.param(member("k3"), "k3", id="by-name"),
+        pytest.param(member("cloudy-node"), None, id="cloudy-node-not-k8s"),
+        pytest.param(member("x", k8s="lab/nope"), None, id="claims-unknown-node"),
+    ],
+)
+def test_matching_order(m: Member, expected: str | None) -> None:
+    matched = match_members([m], NODES, cfg())
+    assert ({n for n, mm in matched.items() if mm is m} or {None}) == {expected}
+
+
+def test_alive_member_wins_over_a_failed_one_for_the_same_node() -> None:
+    old, new = member("old", "failed", k8s="lab/k2"), member("new", "alive", k8s="lab/k2")
+    assert match_members([old, new], NODES, cfg())["k2"] is new
+
+
+def test_own_agent_is_authoritative_against_an_impostor() -> None:
+    impostor = member("aaa", "alive", k8s="lab/k1", role="evil")
+    mine = member("serf-k1", "alive")
+    assert match_members([impostor, mine], NODES, cfg())["k1"] is mine
+
+
+def test_own_node_labels_and_annotations() -> None:
+    members = cluster_members()
+    members[0] = member("serf-k1", k8s="lab/k1", role="web", services="QlpoOTFB")
+    plan = plan_labels(members, NODES, cfg())
+    [patch] = plan.patches
+    assert patch.node == "k1" and patch.reason == "own node"
+    assert patch.labels == {f"{P}/serf-status": "alive", f"{P}/tag.role": "web"}
+    assert f"{P}/tag.services" not in patch.labels  # default --tag-allow
+    assert f"{P}/tag.k8s" not in patch.labels  # "lab/k1" is not a label value
+    assert json.loads(patch.annotations[f"{P}/serf-tags"])["services"] == "QlpoOTFB"
+    assert patch.annotations[f"{P}/serf-member"] == "serf-k1"
+    assert patch.annotations[f"{P}/serf-addr"] == "127.0.0.1:7946"
+    assert patch.annotations[f"{P}/owned-labels"] == f"{P}/serf-status,{P}/tag.role"
+
+
+def test_no_other_bridge_writes_an_alive_node() -> None:
+    for bridge in NODES:
+        patches = plan_labels(cluster_members(), NODES, cfg(bridge)).patches
+        assert [p.node for p in patches] == [bridge]
+
+
+def test_failed_node_is_written_by_exactly_one_bridge() -> None:
+    members = cluster_members(k3="failed")
+    writers = [
+        s
+        for s in ("k1", "k2")
+        if any(p.node == "k3" for p in plan_labels(members, NODES, cfg(s)).patches)
+    ]
+    assert writers == rendezvous.rank("k3", ["k1", "k2"])[:1]
+    plan = plan_labels(members, NODES, cfg(writers[0]))
+    patch = next(p for p in plan.patches if p.node == "k3")
+    assert patch.labels[f"{P}/serf-status"] == "failed"
+    assert "ranks first" in patch.reason
+
+
+def test_partition_guard_blocks_failure_labels_but_not_own_labels() -> None:
+    members = cluster_members(k2="failed", k3="failed")
+    plan = plan_labels(members, NODES, cfg("k1"))
+    assert [p.node for p in plan.patches] == ["k1"]
+    assert plan.notes and "partition guard" in plan.notes[0]
+
+
+def test_labels_set_by_others_are_never_touched_and_only_owned_keys_removed() -> None:
+    owned = f"{P}/serf-status,{P}/tag.gone,kubernetes.io/hostname"
+    k1 = node(
+        "k1",
+        labels={
+            f"{P}/serf-status": "alive",
+            f"{P}/tag.gone": "x",
+            f"{P}/tag.hand": "mine",
+            "serf-ish": "foreign",
+            "kubernetes.io/hostname": "k1",
+        },
+        annotations={f"{P}/owned-labels": owned, "note": "hand"},
+    )
+    nodes = {**NODES, "k1": k1}
+    [patch] = plan_labels([member("serf-k1")], nodes, cfg()).patches
+    assert patch.labels == {f"{P}/tag.gone": None}  # hostname is not ours to remove
+    assert set(patch.annotations) == {
+        f"{P}/serf-member",
+        f"{P}/serf-addr",
+        f"{P}/serf-tags",
+        f"{P}/owned-labels",
+    }
+
+
+def test_unchanged_node_gives_no_patch() -> None:
+    members = cluster_members()
+    [patch] = plan_labels(members, NODES, cfg()).patches
+    synced = node(
+        "k1",
+        labels={k: v for k, v in patch.labels.items() if v is not None},
+        annotations={k: v for k, v in patch.annotations.items() if v is not None},
+    )
+    assert plan_labels(members, {**NODES, "k1": synced}, cfg()).patches == ()
+
+
+def test_vanished_member_gets_its_owned_keys_removed_by_one_bridge() -> None:
+    owned = {f"{P}/owned-labels": f"{P}/serf-status", f"{P}/serf-member": "serf-k3"}
+    nodes = {
+        **NODES,
+        "k3": node("k3", labels={f"{P}/serf-status": "failed", "x": "y"}, annotations=owned),
+    }
+    members = cluster_members()[:2]
+    writer = rendezvous.rank("k3", ["k1", "k2"])[0]
+    patch = next(p for p in plan_labels(members, nodes, cfg(writer)).patches if p.node == "k3")
+    assert patch.labels == {f"{P}/serf-status": None}
+    assert patch.annotations == {f"{P}/owned-labels": None, f"{P}/serf-member": None}
+
+
+@pytest.mark.parametrize("prefix", ["Bad_Prefix", "x/y", "", "-a.b"])
+def test_bad_prefix_is_a_config_error(prefix: str) -> None:
+    with pytest.raises(ConfigError):
+        LabelSettings(self_node="k1", prefix=prefix)
+
+
+HOSTILE = [
+    pytest.param("a/b", "v", id="slash-in-key"),
+    pytest.param("a b", "v", id="space-in-key"),
+    pytest.param("ключ", "v", id="unicode-key"),
+    pytest.param("k", "x" * 300, id="300-byte-value"),
+    pytest.param("kubernetes.io/role", "master", id="kubernetes-io-role"),
+    pytest.param("node-role.kubernetes.io/master", "", id="node-role-master"),
+    pytest.param("k", "a,b=c", id="comma-and-equals"),
+    pytest.param("k", "v\udcff", id="undecodable-bytes"),
+]
+
+
+@pytest.mark.parametrize(("key", "value"), HOSTILE)
+def test_hostile_tags_are_skipped_and_counted(key: str, value: str) -> None:
+    skipped: Counter[str] = Counter()
+    labels, annotations = desired_metadata(member("serf-k1", **{key: value}), cfg(), skipped)
+    assert list(labels) == [f"{P}/serf-status"]
+    assert sum(skipped.values()) == 1
+    json.loads(annotations[f"{P}/serf-tags"])  # still recorded, as valid JSON
+
+
+def test_sixty_tags_on_one_member() -> None:
+    tags = {f"t{i}": f"v{i}" for i in range(60)}
+    skipped: Counter[str] = Counter()
+    labels, _ = desired_metadata(member("serf-k1", **tags), cfg(), skipped)
+    assert len(labels) == 61 and not skipped
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    tags=st.dictionaries(st.text(max_size=70), st.text(max_size=80), max_size=60),
+    name=st.text(max_size=40),
+    status=st.text(max_size=10),
+)
+def test_any_gossip_gives_only_valid_labels_inside_the_prefix(tags, name, status) -> None:
+    hostile = Member(name=name, addr="127.0.0.1", port=1, tags=tags, status=status)
+    plan = plan_labels(
+        [hostile],
+        {"k1": node("k1")},
+        LabelSettings(self_node="k1", cluster="lab", self_member=name),
+    )
+    for patch in plan.patches:
+        for key, value in patch.labels.items():
+            prefix, _, label_name = key.partition("/")
+            assert prefix == P and is_label_name(label_name)
+            assert value is None or is_label_value(value)
+        for key, value in patch.annotations.items():
+            assert key.startswith(f"{P}/")
+            assert value is None or value.encode("utf-8")  # encodable for the API

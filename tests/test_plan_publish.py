@@ -1,0 +1,240 @@
+"""The to-serf planner: eligibility, placement, budget, ownership, partial views."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from serfbridge import cloudy
+from serfbridge.errors import ConfigError
+from serfbridge.kubemodels import NodeInfo, ServiceInfo, ServicePort, SliceEndpoint, SliceInfo
+from serfbridge.plan_publish import PublishSettings, parse_selector, plan_publish
+from serfbridge.rpc.budget import encoded_tags_size
+from serfbridge.rpc.models import Member
+
+P = "serfbridge.io"
+NODES = {
+    n: NodeInfo(n, n, {}, {}, (("InternalIP", f"10.0.0.{n[-1]}"),), True)
+    for n in ("k1", "k2", "k3")
+}
+
+
+def members(*down: str) -> list[Member]:
+    return [
+        Member(
+            f"serf-{n}",
+            f"10.0.0.{n[-1]}",
+            7946,
+            {"k8s": f"lab/{n}"},
+            "failed" if n in down else "alive",
+        )
+        for n in NODES
+    ]
+
+
+def svc(
+    name: str,
+    *ports: tuple[int, int | None],
+    type: str = "NodePort",
+    ns: str = "default",
+    annotations=None,
+    labels=None,
+    etp: str | None = None,
+    lb_ips=(),
+) -> ServiceInfo:
+    return ServiceInfo(
+        ns,
+        name,
+        name,
+        type,
+        tuple(ServicePort(f"p{p}", p, np, "TCP") for p, np in ports),
+        etp,
+        labels or {},
+        annotations or {},
+        tuple(lb_ips),
+    )
+
+
+def plan(
+    services,
+    self_node="k1",
+    current=None,
+    down=(),
+    slices=None,
+    nodes=None,
+    allow_removal=True,
+    **kw,
+):
+    settings = PublishSettings(
+        self_node=self_node, cluster="lab", self_member=f"serf-{self_node}", **kw
+    )
+    return plan_publish(
+        services={f"{s.namespace}/{s.name}": s for s in services},
+        slices=slices or {},
+        nodes=nodes or NODES,
+        members=members(*down),
+        current_tags=current or {},
+        settings=settings,
+        allow_removal=allow_removal,
+    )
+
+
+def publishers(services, **kw) -> dict[str, list[str]]:
+    """Which nodes publish which (type, port), planning on every node."""
+    result: dict[str, list[str]] = {}
+    for n in NODES:
+        if n in kw.get("down", ()):
+            continue
+        for e in plan(services, self_node=n, **kw).entries:
+            result.setdefault(e.port, []).append(n)
+    return result
+
+
+def test_two_port_nodeport_is_published_by_exactly_two_of_three_nodes() -> None:
+    placed = publishers([svc("web", (80, 30080), (443, 30443))])
+    assert sorted(placed) == ["30080", "30443"]
+    assert all(len(nodes) == 2 for nodes in placed.values())
+
+
+def test_entry_fields_and_ownership() -> None:
+    p = plan([svc("web", (80, 30080))], self_node=publishers([svc("web", (80, 30080))])["30080"][0])
+    [entry] = p.entries
+    assert entry.type == "kubernetes" and entry.description == "web"
+    assert entry.port == "30080" and entry.microcloud == "lab"
+    assert entry.txt == "k8s=lab/default/web/80"
+    assert entry.ip.startswith("10.0.0.") and entry.host.endswith(".guifi.local")
+    assert p.tags["k8s"].startswith("lab/k")
+
+
+@pytest.mark.parametrize(
+    "service",
+    [
+        pytest.param(svc("c", (80, None), type="ClusterIP"), id="clusterip"),
+        pytest.param(svc("e", type="ExternalName"), id="externalname"),
+        pytest.param(svc("n", (80, 30080), annotations={f"{P}/publish": "false"}), id="opt-out"),
+    ],
+)
+def test_never_published(service: ServiceInfo) -> None:
+    assert publishers([service]) == {}
+
+
+def test_portless_nodeport_is_reported_not_published_with_port_0() -> None:
+    p = plan([svc("empty", type="NodePort")])
+    assert p.entries == () and [lo.reason for lo in p.left_out] == ["no ports"]
+
+
+def test_opt_in_when_default_is_off() -> None:
+    services = [svc("a", (80, 30001)), svc("b", (80, 30002), annotations={f"{P}/publish": "true"})]
+    assert sorted(publishers(services, publish_default=False)) == ["30002"]
+
+
+def test_namespace_and_selector_filters() -> None:
+    services = [
+        svc("a", (80, 30001), ns="x", labels={"tier": "web"}),
+        svc("b", (80, 30002), ns="y", labels={"tier": "db"}),
+        svc("c", (80, 30003), ns="kube-system"),
+    ]
+    assert sorted(publishers(services, namespaces=frozenset({"x", "y"}))) == ["30001", "30002"]
+    assert sorted(publishers(services, exclude_namespaces=frozenset({"kube-system"}))) == [
+        "30001",
+        "30002",
+    ]
+    assert sorted(publishers(services, selector="tier=web")) == ["30001"]
+    assert sorted(publishers(services, selector="tier,tier!=web")) == ["30002"]
+
+
+def test_bad_selector_is_a_config_error() -> None:
+    with pytest.raises(ConfigError):
+        parse_selector("a in (b)")
+
+
+def test_external_traffic_policy_local_uses_only_nodes_with_ready_endpoints() -> None:
+    service = svc("loc", (80, 30080), etp="Local")
+    slices = {
+        "default/loc-1": SliceInfo(
+            "default",
+            "loc-1",
+            "loc",
+            (SliceEndpoint(("10.1.0.1",), "k3", True), SliceEndpoint(("10.1.0.2",), "k2", False)),
+            (),
+        )
+    }
+    assert publishers([service], slices=slices) == {"30080": ["k3"]}
+
+
+def test_load_balancer_ingress_ip_and_service_port() -> None:
+    service = svc("lb", (443, 31443), type="LoadBalancer", lb_ips=("192.0.2.10",))
+    entries = [e for n in NODES for e in plan([service], self_node=n).entries]
+    assert {(e.ip, e.port) for e in entries} == {("192.0.2.10", "443")}
+
+
+def test_failed_node_entries_move_to_the_next_ranked_node() -> None:
+    service = [svc("web", (80, 30080))]
+    before = publishers(service)["30080"]
+    after = publishers(service, down=(before[0],))["30080"]
+    assert before[0] not in after and before[1] in after and len(after) == 2
+
+
+def test_foreign_entries_and_other_clusters_are_kept_in_order() -> None:
+    serf = cloudy.Entry(
+        "serf", "SERF_instance_running", "k1.guifi.local", "10.0.0.1", "5000", "demo", ""
+    )
+    other = cloudy.Entry(
+        "kubernetes", "x", "k1", "10.0.0.1", "30999", "other", "k8s=other/default/x/80"
+    )
+    current = {"services": cloudy.encode_services([serf, other]), "role": "web"}
+    service = [svc("web", (80, 30080))]
+    node = publishers(service)["30080"][0]
+    p = plan(service, self_node=node, current=current)
+    listed = cloudy.decode_services(p.tags["services"])
+    assert listed[:2] == [serf, other] and len(listed) == 3
+    assert p.tags["role"] == "web"
+
+
+def test_no_change_when_already_published() -> None:
+    service = [svc("web", (80, 30080))]
+    node = publishers(service)["30080"][0]
+    first = plan(service, self_node=node)
+    second = plan(service, self_node=node, current=first.tags)
+    assert not first.change.noop and second.change.noop
+
+
+def test_budget_is_never_exceeded_and_overflow_is_reported_deterministically() -> None:
+    services = [
+        svc(f"app-{i:02d}", (80, 30000 + i), annotations={f"{P}/priority": "5"} if i == 39 else {})
+        for i in range(40)
+    ]
+    for n in NODES:
+        p = plan(services, self_node=n)
+        assert encoded_tags_size(p.tags) <= 512
+        assert p.left_out and all("budget" in lo.reason for lo in p.left_out)
+        placed = {lo.service for lo in p.left_out} | {e.txt.split("/")[2] for e in p.entries}
+        if "app-39" in placed:  # the high-priority one is kept first
+            assert any("app-39" in e.txt for e in p.entries)
+        assert plan(services, self_node=n) == p
+
+
+def test_partial_view_removes_nothing() -> None:
+    service = [svc("web", (80, 30080))]
+    node = publishers(service)["30080"][0]
+    published = plan(service, self_node=node).tags
+    p = plan([], self_node=node, current=published, allow_removal=False)  # Service not seen
+    assert p.change.noop
+    assert plan([], self_node=node, current=published).change.delete == ("services",)
+
+
+def test_set_tags_annotation_and_owned_tags() -> None:
+    annotations = {
+        f"{P}/set-tags": json.dumps({"role": "edge", "k8s": "x/y"}),
+        f"{P}/owned-tags": "role,old",
+    }
+    nodes = {
+        **NODES,
+        "k1": NodeInfo("k1", "k1", {}, annotations, (("InternalIP", "10.0.0.1"),), True),
+    }
+    p = plan([], current={"old": "1", "keep": "2"}, nodes=nodes)
+    assert p.change.set_tags == {"role": "edge", "k8s": "lab/k1"}
+    assert p.change.delete == ("old",)
+    assert p.owned_tags == ("role",)
+    assert any("reserved" in problem for problem in p.problems)
