@@ -76,6 +76,8 @@ class _Wire:
         self.addr = addr
         try:
             self.sock = socket.create_connection(split_addr(addr), timeout=timeout)
+            # Requests are small and latency-bound; don't let Nagle hold them back.
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError as exc:
             raise TransportError(f"cannot reach the serf agent at {addr}: {exc}") from exc
         self.core = Connection(auth_key=auth_key)

@@ -11,8 +11,10 @@ Pure: no I/O. Field names follow Serf's Go structs (``reference/serf-rpc.md`` §
 from __future__ import annotations
 
 import ipaddress
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from serfbridge.errors import ProtocolError
 
@@ -78,14 +80,18 @@ def _list(obj: object, what: str) -> list[object]:
 # --- members ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Member:
-    """One Serf member as ``members`` and member events report it."""
+class Member(NamedTuple):
+    """One Serf member as ``members`` and member events report it.
+
+    Immutable like the other models, but a named tuple rather than a frozen dataclass:
+    ``members`` builds one per member on every call, and a tuple is several times cheaper
+    to make (``bench/bench_rpc_members.py``).
+    """
 
     name: str
     addr: str  # the IP in text form; the wire carries 4 or 16 raw bytes
     port: int
-    tags: Mapping[str, str] = field(hash=False)
+    tags: Mapping[str, str]
     status: str
     protocol: tuple[int, int, int] = (0, 0, 0)  # memberlist min, max, cur
     delegate: tuple[int, int, int] = (0, 0, 0)  # serf min, max, cur
@@ -108,25 +114,86 @@ class Member:
         }
 
 
+_ADDR_TEXT: dict[bytes, str] = {}  # a cluster has few distinct addresses; formatting is slow
+
+
 def _addr(raw: object, what: str) -> str:
-    if isinstance(raw, bytes) and len(raw) in (4, 16):
-        return str(ipaddress.ip_address(raw))
+    if type(raw) is bytes and len(raw) in (4, 16):
+        text = _ADDR_TEXT.get(raw)
+        if text is None:
+            text = str(ipaddress.ip_address(raw))
+            if len(_ADDR_TEXT) < 4096:
+                _ADDR_TEXT[raw] = text
+        return text
     if raw is None or raw == b"":
         return ""
     raise ProtocolError(f"{what}.Addr: expected 4 or 16 bytes")
 
 
+_ONLY_STR = {str}
+_ONLY_INT = {int}
+# The 11 keys the agent always sends (§3), in the order itemgetter returns them.
+_MEMBER_KEYS = (
+    "Addr",
+    "DelegateCur",
+    "DelegateMax",
+    "DelegateMin",
+    "Name",
+    "Port",
+    "ProtocolCur",
+    "ProtocolMax",
+    "ProtocolMin",
+    "Status",
+    "Tags",
+)
+_MEMBER_TYPES = (bytes, int, int, int, str, int, int, int, int, str, dict)
+_member_values = operator.itemgetter(*_MEMBER_KEYS)
+
+
 def parse_member(obj: object) -> Member:
-    m = _map(obj, "Member")
-    return Member(
-        name=_str(m, "Name", "Member"),
-        addr=_addr(m.get("Addr"), "Member"),
-        port=_int(m, "Port", "Member"),
-        tags=_str_map(m.get("Tags"), "Member.Tags"),
-        status=_str(m, "Status", "Member"),
-        protocol=tuple(_int(m, f"Protocol{k}", "Member") for k in ("Min", "Max", "Cur")),  # type: ignore[arg-type]
-        delegate=tuple(_int(m, f"Delegate{k}", "Member") for k in ("Min", "Max", "Cur")),  # type: ignore[arg-type]
-    )
+    # The hot path of `members` (once per member per call). The common, well-formed shape
+    # is checked with a few C-level calls; anything else takes the careful path.
+    if type(obj) is dict and len(obj) == 11:
+        try:
+            values = _member_values(obj)
+        except KeyError:
+            values = ()
+        if tuple(map(type, values)) == _MEMBER_TYPES:
+            addr, dcur, dmax, dmin, name, port, pcur, pmax, pmin, status, tags = values
+            if (set(map(type, tags)) | set(map(type, tags.values()))) <= _ONLY_STR:
+                return tuple.__new__(
+                    Member,
+                    (
+                        name,
+                        _addr(addr, "Member"),
+                        port,
+                        tags,
+                        status,
+                        (pmin, pmax, pcur),
+                        (dmin, dmax, dcur),
+                    ),
+                )
+    return _parse_member_carefully(obj)
+
+
+def _parse_member_carefully(obj: object) -> Member:
+    if type(obj) is not dict:
+        raise ProtocolError(f"Member: expected a map, got {type(obj).__name__}")
+    get = obj.get
+    name, status, port = get("Name", ""), get("Status", ""), get("Port", 0)
+    protocol = (get("ProtocolMin", 0), get("ProtocolMax", 0), get("ProtocolCur", 0))
+    delegate = (get("DelegateMin", 0), get("DelegateMax", 0), get("DelegateCur", 0))
+    if {type(name), type(status)} != _ONLY_STR or not set(
+        map(type, (port, *protocol, *delegate))
+    ) <= _ONLY_INT:
+        raise ProtocolError("Member: Name/Status must be strings, Port and versions integers")
+    tags = get("Tags")
+    if (
+        type(tags) is not dict
+        or not (set(map(type, tags)) | set(map(type, tags.values()))) <= _ONLY_STR
+    ):
+        tags = _str_map(tags, "Member.Tags")
+    return Member(name, _addr(get("Addr"), "Member"), port, tags, status, protocol, delegate)
 
 
 def parse_members(obj: object) -> tuple[Member, ...]:

@@ -1,0 +1,114 @@
+"""Node label/annotation merge patches and Events against the real apiserver."""
+
+from __future__ import annotations
+
+import pytest
+
+from serfbridge import kube
+from serfbridge.errors import KubeNotFound, KubeUnavailable
+from tests.fixtures_kube import KubeObjects, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize(
+    ("current", "wanted", "delta"),
+    [
+        pytest.param({"a": "1"}, {"a": "1"}, {}, id="same-value"),
+        pytest.param({"a": "1"}, {"a": "2"}, {"a": "2"}, id="change"),
+        pytest.param({}, {"a": "1"}, {"a": "1"}, id="add"),
+        pytest.param({"a": "1"}, {"a": None}, {"a": None}, id="remove"),
+        pytest.param({}, {"a": None}, {}, id="remove-absent"),
+        pytest.param({"a": "1", "b": "2"}, {"b": "2", "c": None}, {}, id="nothing-to-do"),
+    ],
+)
+def test_metadata_delta(current, wanted, delta):
+    assert kube.metadata_delta(current, wanted) == delta
+
+
+def patches(client: kube.KubeClient) -> int:
+    return client.request_counts().get("patch nodes", 0)
+
+
+def test_patch_touches_only_the_keys_given(kube_admin, kube_objects):
+    node = KubeObjects.name("node")
+    kube_objects.create_node(node, labels={"hand/set": "x", "p/old": "1", "p/gone": "1"})
+    sent = kube_admin.patch_node_metadata(
+        node,
+        labels={"p/new": "n", "p/old": "2", "p/gone": None},
+        annotations={"p/serf-member": "m1"},
+    )
+    assert sent
+    after = kube_admin.get_node(node)
+    assert after.labels == {"hand/set": "x", "p/old": "2", "p/new": "n"}
+    assert after.annotations == {"p/serf-member": "m1"}
+
+
+def test_patch_that_changes_nothing_is_not_sent(kube_admin, kube_objects):
+    node = KubeObjects.name("node")
+    kube_objects.create_node(node, labels={"p/a": "1"}, annotations={"p/b": "2"})
+    before = patches(kube_admin)
+    assert not kube_admin.patch_node_metadata(
+        node, labels={"p/a": "1", "p/absent": None}, annotations={"p/b": "2"}
+    )
+    assert not kube_admin.patch_node_metadata(node)
+    assert patches(kube_admin) == before
+
+
+def test_one_label_change_is_one_patch_with_a_synced_cache(kube_admin, kube_objects, start_cache):
+    node = KubeObjects.name("node")
+    kube_objects.create_node(node)
+    cache = start_cache(kube_admin)
+    assert cache.wait_synced(10)
+    wait_until(lambda: cache.maybe_node(node) is not None)
+    before = kube_admin.request_counts()
+    assert kube_admin.patch_node_metadata(node, labels={"p/x": "1"}, cache=cache)
+    after = kube_admin.request_counts()
+    assert {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)} == {
+        "patch nodes": 1
+    }
+    wait_until(lambda: cache.maybe_node(node).labels == {"p/x": "1"})
+    assert not kube_admin.patch_node_metadata(node, labels={"p/x": "1"}, cache=cache)
+    assert kube_admin.request_counts() == after
+
+
+def test_patching_a_missing_node_is_not_found(kube_admin):
+    with pytest.raises(KubeNotFound, match="nodes") as caught:
+        kube_admin.patch_node_metadata("no-such-node", labels={"a": "b"})
+    assert caught.value.__cause__ is not None
+
+
+def test_events_on_a_service_and_a_node(kube_admin, kube_objects, start_cache):
+    svc, node = KubeObjects.name("svc"), KubeObjects.name("node")
+    kube_objects.create_service(svc)
+    kube_objects.create_node(node)
+    cache = start_cache(kube_admin)
+    wait_until(lambda: cache.maybe_service("default", svc) and cache.maybe_node(node))
+    kube_admin.create_event(cache.maybe_service("default", svc), reason="NotPublished",
+                            message="not published: budget exceeded")  # fmt: skip
+    kube_admin.create_event(cache.maybe_node(node), reason="SerfFailed", message="m", type="Normal")
+    events = kube_admin.request("GET", "/api/v1/namespaces/default/events", verb="list",
+                                resource="events")["items"]  # fmt: skip
+    mine = {
+        e["involvedObject"]["name"]: e for e in events if e["source"]["component"] == "serfbridge"
+    }
+    assert mine[svc]["message"] == "not published: budget exceeded"
+    assert mine[svc]["type"] == "Warning"
+    assert mine[svc]["involvedObject"]["kind"] == "Service"
+    assert mine[svc]["reportingComponent"] == "serfbridge"
+    assert mine[node]["involvedObject"]["kind"] == "Node"
+    assert mine[node]["type"] == "Normal"
+
+
+def test_unreachable_apiserver_is_unavailable(tmp_path):
+    config = tmp_path / "kubeconfig"
+    config.write_text(
+        '{"apiVersion": "v1", "kind": "Config", "current-context": "c",'
+        ' "clusters": [{"name": "k", "cluster": {"server": "https://127.0.0.1:1"}}],'
+        ' "users": [{"name": "u", "user": {"token": "t"}}],'
+        ' "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}]}'
+    )
+    client = kube.load_client(str(config), env={})
+    with pytest.raises(KubeUnavailable) as caught:
+        client.get_node("x")
+    assert caught.value.temporary and caught.value.__cause__ is not None
