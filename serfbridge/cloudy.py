@@ -260,9 +260,10 @@ def decode_members(members: Iterable[MemberInput]) -> tuple[list[dict[str, str]]
 
 
 def _member_fields(member: MemberInput) -> tuple[str, str, Mapping[str, str]]:
-    if isinstance(member, tuple):
+    # rpc.models.Member is a named tuple too: tell it apart from a plain 3-tuple.
+    if isinstance(member, tuple) and not hasattr(member, "_fields"):
         return member
-    return member.name, member.status, member.tags
+    return member.name, member.status, member.tags  # type: ignore[union-attr]
 
 
 def filter_rows(

@@ -268,6 +268,11 @@ class KubeClient:
 
     # --- the operations the bridge uses ----------------------------------------------
 
+    def list_nodes(self) -> dict[str, NodeInfo]:
+        """All Nodes, by name: one LIST (the standalone event handler has no cache)."""
+        reply = self.request("GET", "/api/v1/nodes", verb="list", resource="nodes")
+        return {n.name: n for n in map(parse_node, reply.get("items") or ())}
+
     def get_node(self, name: str) -> NodeInfo:
         reply = self.request("GET", f"/api/v1/nodes/{name}", verb="get", resource="nodes")
         return parse_node(reply)

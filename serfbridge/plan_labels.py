@@ -5,15 +5,19 @@ The one brain of the to-k8s direction: the event handler, the daemon and
 (DESIGN.md "Kubernetes keys" and "One writer"):
 
 * a member is matched to a Node by its ``k8s`` tag (``<cluster>/<node>``), then by its
-  address among the Node's addresses (only when unique), then by name; members of other
-  clusters, and Cloudy nodes that are not Kubernetes nodes, are left alone;
+  address among the Node's addresses (only when unique), then by name, and last by the
+  Node's ``P/serf-member`` annotation (the member its own bridge recorded, so a Node whose
+  agent has no ``k8s`` tag, e.g. with the handler alone, is still recognised by every
+  bridge); members of other clusters, and Cloudy nodes that are not Kubernetes nodes, are
+  left alone;
 * ``P/serf-status`` follows the member's status; allowed tags become ``P/tag.<key>`` when
   key and value are valid label syntax, everything else is skipped and counted;
 * only keys listed in the Node's ``P/owned-labels`` are ever removed, and only inside
   ``P/``: labels anyone else set are never touched;
 * a Node whose member is alive is written by its own bridge; a failed, left or vanished
   member's Node by the alive bridge ranked first by rendezvous hash of the Node's name,
-  and only while this bridge sees more than half of the cluster's Nodes alive.
+  and only while this bridge sees more than half of the cluster's Nodes alive (Nodes
+  whose member left gracefully do not count: a goodbye is no sign of a partition).
 
 Pure: data in, a plan out. No I/O, no logging, no clock.
 """
@@ -32,8 +36,9 @@ from serfbridge.kubemodels import NodeInfo
 from serfbridge.rpc.models import Member
 
 K8S_TAG = "k8s"
-#: Default --tag-allow: every tag but Cloudy's bulky `services` list.
-DEFAULT_TAG_ALLOW = r"(?!services$).*"
+#: Default --tag-allow: every tag but Cloudy's bulky `services` list and our own `k8s`
+#: (whose `<cluster>/<node>` value is never a valid label value anyway).
+DEFAULT_TAG_ALLOW = r"(?!(services|k8s)$).*"
 _LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
 _LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
@@ -104,12 +109,16 @@ def match_members(
 ) -> dict[str, Member]:
     """Node name -> the member that speaks for it (best status first when several claim)."""
     by_addr: dict[str, list[str]] = {}
+    recorded: dict[str, str] = {}
     for info in nodes.values():
         for _, addr in info.addresses:
             by_addr.setdefault(addr, []).append(info.name)
+        member_name = info.annotations.get(settings.key("serf-member"))
+        if member_name:
+            recorded[member_name] = info.name
     claims: dict[str, list[Member]] = {}
     for member in members:
-        node = _match_one(member, nodes, by_addr, settings)
+        node = _match_one(member, nodes, by_addr, recorded, settings)
         if node is not None:
             claims.setdefault(node, []).append(member)
     chosen = {node: min(ms, key=_preference) for node, ms in claims.items()}
@@ -123,6 +132,7 @@ def _match_one(
     member: Member,
     nodes: Mapping[str, NodeInfo],
     by_addr: Mapping[str, list[str]],
+    recorded: Mapping[str, str],
     settings: LabelSettings,
 ) -> str | None:
     if member.name == settings.self_member:
@@ -134,7 +144,7 @@ def _match_one(
     candidates = by_addr.get(member.addr, [])
     if len(candidates) == 1:
         return candidates[0]
-    return member.name if member.name in nodes else None
+    return member.name if member.name in nodes else recorded.get(member.name)
 
 
 def _preference(member: Member) -> tuple[int, str]:
@@ -225,10 +235,12 @@ def plan_labels(
     """The patches this bridge (``settings.self_node``) must make, and what it skipped."""
     matched = match_members(members, nodes, settings)
     alive = sorted(n for n, m in matched.items() if m.status == "alive")
-    guarded = 2 * len(alive) <= len(matched)
+    # A member that left said goodbye: it is no sign of a partition, so it does not count.
+    present = [n for n, m in matched.items() if m.status != "left"]
+    guarded = 2 * len(alive) <= len(present)
     notes = (
         [
-            f"partition guard: {len(alive)}/{len(matched)} Nodes alive; "
+            f"partition guard: {len(alive)}/{len(present)} Nodes alive; "
             "not writing failure labels for others"
         ]
         if guarded and matched

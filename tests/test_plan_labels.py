@@ -223,3 +223,12 @@ def test_any_gossip_gives_only_valid_labels_inside_the_prefix(tags, name, status
         for key, value in patch.annotations.items():
             assert key.startswith(f"{P}/")
             assert value is None or value.encode("utf-8")  # encodable for the API
+
+
+def test_a_member_recorded_on_its_node_is_recognised_by_other_bridges() -> None:
+    recorded = node("k2", annotations={f"{P}/serf-member": "cloudy-abc"})
+    nodes = {**NODES, "k2": recorded}
+    stranger = member("cloudy-abc")  # no k8s tag, unmatched address and name
+    assert match_members([stranger], nodes, cfg())["k2"] is stranger
+    other_cluster = member("cloudy-abc", k8s="other/k2")
+    assert match_members([other_cluster], nodes, cfg()) == {}

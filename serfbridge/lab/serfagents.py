@@ -68,7 +68,9 @@ class AgentSpec:
 
     name: str
     rpc_auth: str | None = None
-    event_handlers: Sequence[str] = ()  # "[filter=]command", passed as -event-handler
+    # "[filter=]command", passed as -event-handler; "{rpc_addr}" and "{name}" are filled in
+    # at start, so a handler can be told how to reach its own agent.
+    event_handlers: Sequence[str] = ()
     tags: Mapping[str, str] = field(default_factory=dict)
     tags_file: Path | None = None
     extra_args: Sequence[str] = ()
@@ -289,7 +291,11 @@ class SerfAgent:
         argv += [f"-rpc-addr={self.rpc_addr}", "-log-level=debug"]
         if spec.rpc_auth is not None:
             argv.append(f"-config-file={self._write_auth_config(spec.rpc_auth)}")
-        argv += [f"-event-handler={handler}" for handler in spec.event_handlers]
+        argv += [
+            "-event-handler="
+            + handler.replace("{rpc_addr}", self.rpc_addr).replace("{name}", spec.name)
+            for handler in spec.event_handlers
+        ]
         if spec.tags_file is not None:
             argv.append(f"-tags-file={spec.tags_file}")
         for key, value in spec.tags.items():

@@ -1,0 +1,379 @@
+"""Bridge commands: run (the daemon), sync, status and handle (the event-handler entry)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from serfbridge import bridge, config, logs
+from serfbridge.cli.base import CliState, _client, cli, explicit_values
+from serfbridge.errors import KubeUnavailable
+
+log = logging.getLogger("serfbridge")
+
+
+# --- the bridge: run, sync, status, handle ---------------------------------------------
+
+
+def bridge_options(func: Callable[..., object]) -> Callable[..., object]:
+    """Options that change what the bridge plans; shared by run, sync, status and handle."""
+    options = [
+        click.option(
+            "--tag-allow",
+            envvar="SERFBRIDGE_TAG_ALLOW",
+            show_envvar=True,
+            help="Regex of tag keys that become labels [default: all but services].",
+        ),
+        click.option(
+            "--tag-limit",
+            envvar="SERFBRIDGE_TAG_LIMIT",
+            show_envvar=True,
+            type=int,
+            help="Bytes a member's tags may take (2048 on Clommunity's fork) [default: 512].",
+        ),
+        click.option(
+            "--replicas",
+            envvar="SERFBRIDGE_REPLICAS",
+            show_envvar=True,
+            type=int,
+            help="Nodes that publish each Service port [default: 2].",
+        ),
+        click.option(
+            "--publish-default/--no-publish-default",
+            envvar="SERFBRIDGE_PUBLISH_DEFAULT",
+            show_envvar=True,
+            default=None,
+            help="Publish Services without a P/publish annotation [default: yes].",
+        ),
+        click.option(
+            "--namespace",
+            "namespaces",
+            envvar="SERFBRIDGE_NAMESPACES",
+            show_envvar=True,
+            multiple=True,
+            help="Only publish Services of these namespaces (repeatable).",
+        ),
+        click.option(
+            "--exclude-namespace",
+            "exclude_namespaces",
+            envvar="SERFBRIDGE_EXCLUDE_NAMESPACES",
+            show_envvar=True,
+            multiple=True,
+            help="Never publish Services of these namespaces (repeatable).",
+        ),
+        click.option(
+            "--selector",
+            envvar="SERFBRIDGE_SELECTOR",
+            show_envvar=True,
+            help="Only publish Services matching this label selector (k=v,k!=v,k,!k).",
+        ),
+        click.option(
+            "--cloud-name",
+            envvar="SERFBRIDGE_CLOUD_NAME",
+            show_envvar=True,
+            help="Cloud name in each entry's host, <node>.<cloud>.local [default: guifi].",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def direction_options(func: Callable[..., object]) -> Callable[..., object]:
+    func = click.option(
+        "--to-k8s/--no-to-k8s",
+        envvar="SERFBRIDGE_TO_K8S",
+        show_envvar=True,
+        default=None,
+        help="Serf members -> Node labels [default: on].",
+    )(func)
+    return click.option(
+        "--to-serf/--no-to-serf",
+        envvar="SERFBRIDGE_TO_SERF",
+        show_envvar=True,
+        default=None,
+        help="Services -> Serf tags [default: on].",
+    )(func)
+
+
+def _settings(ctx: click.Context) -> config.Settings:
+    state: CliState = ctx.find_object(CliState)  # type: ignore[assignment]
+    return state.settings(explicit_values(ctx))
+
+
+def _kube_cache(s: config.Settings, *, wait: float | None) -> tuple[Any, Any]:
+    """A started, watched Kubernetes cache; ``wait`` seconds for its first full list."""
+    from serfbridge import kube  # the kubernetes import is slow; only commands that need it
+
+    client = kube.load_client(s.kubeconfig)
+    cache = kube.KubeCache(client).start()
+    if wait is not None and not cache.wait_synced(wait):
+        cache.stop(timeout=2)
+        raise KubeUnavailable(f"kubernetes API not reachable or not listed within {wait:.0f}s")
+    return client, cache
+
+
+@cli.command()
+@bridge_options
+@direction_options
+@click.option(
+    "--http-addr",
+    envvar="SERFBRIDGE_HTTP_ADDR",
+    show_envvar=True,
+    help="Health and metrics listener [default: 127.0.0.1:9473].",
+)
+@click.option(
+    "--handler-socket",
+    envvar="SERFBRIDGE_HANDLER_SOCKET",
+    show_envvar=True,
+    help="Unix socket the event handler hands events to [default: /run/serfbridge/handler.sock].",
+)
+@click.option(
+    "--resync",
+    envvar="SERFBRIDGE_RESYNC",
+    show_envvar=True,
+    type=float,
+    help="Seconds between full passes [default: 60].",
+)
+@click.option(
+    "--debounce",
+    envvar="SERFBRIDGE_DEBOUNCE",
+    show_envvar=True,
+    type=float,
+    help="Quiet seconds before a pass runs [default: 0.2].",
+)
+@click.option(
+    "--max-wait",
+    envvar="SERFBRIDGE_MAX_WAIT",
+    show_envvar=True,
+    type=float,
+    help="Longest a pass waits while events keep coming [default: 2].",
+)
+@click.pass_context
+def run(ctx: click.Context, /, **_: object) -> None:
+    """Run the bridge daemon (both directions unless switched off).
+
+    Sends READY=1 to systemd after the first sync and WATCHDOG=1 from its main loop;
+    SIGTERM stops it, SIGHUP re-reads the config. Env: every option's variable above, plus
+    SERF_RPC_ADDR, SERF_RPC_AUTH, KUBECONFIG, SERFBRIDGE_CLUSTER, SERFBRIDGE_NODE_NAME.
+    """
+    from serfbridge.daemon import Daemon
+
+    s = _settings(ctx)
+    logs.configure(s.log_format, s.verbose, daemon=True)
+
+    def reload() -> config.Settings:
+        return _settings(ctx)
+
+    def kube_factory(settings: config.Settings) -> tuple[Any, Any]:
+        return _kube_cache(settings, wait=None)
+
+    ctx.exit(Daemon(s, reload=reload, kube_factory=kube_factory).run())
+
+
+@cli.command()
+@bridge_options
+@direction_options
+@click.option("--once", is_flag=True, default=True, help="One pass (the only mode for now).")
+@click.option("--dry-run", is_flag=True, help="Print the plan; write nothing.")
+@click.option(
+    "--timeout",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait for the Kubernetes list.",
+)
+@click.pass_context
+def sync(ctx: click.Context, /, once: bool, dry_run: bool, timeout: float, **_: object) -> None:
+    """One reconcile pass in each enabled direction; --dry-run prints the plan.
+
+    Env: SERF_RPC_ADDR, SERF_RPC_AUTH, KUBECONFIG, SERFBRIDGE_CLUSTER, SERFBRIDGE_NODE_NAME
+    and every option's variable above.
+    """
+    s = _settings(ctx)
+    client, cache = _kube_cache(s, wait=timeout)
+    try:
+        view = bridge.KubeView(
+            nodes=cache.nodes(),
+            services=cache.services(),
+            slices=cache.endpoint_slices(),
+            synced=True,
+        )
+        with _client(ctx) as serf:
+            serf_view = bridge.read_serf(serf)
+            if s.to_k8s:
+                plan, writes = bridge.label_pass(
+                    serf_view, view, client, s, dry_run=dry_run, cache=cache
+                )
+                _print_label_plan(plan, dry_run, writes)
+            if s.to_serf:
+                pplan, writes = bridge.publish_pass(
+                    serf, serf_view, view, client, s, dry_run=dry_run, cache=cache
+                )
+                _print_publish_plan(pplan, dry_run, writes, s)
+    finally:
+        cache.stop(timeout=2)
+        client.close()
+
+
+def _print_label_plan(plan: Any, dry_run: bool, writes: int) -> None:
+    verb = "would patch" if dry_run else "patched"
+    for patch in plan.patches:
+        click.echo(f"to-k8s: {verb} node {patch.node} ({patch.reason})")
+        for section, changes in (("label", patch.labels), ("annotation", patch.annotations)):
+            for key, value in sorted(changes.items()):
+                click.echo(f"  {section} {key}: {'<remove>' if value is None else value}")
+    for note in plan.notes:
+        click.echo(f"to-k8s: {note}")
+    if plan.skipped:
+        click.echo(f"to-k8s: skipped gossip: {dict(plan.skipped)}")
+    if not plan.patches:
+        click.echo("to-k8s: nothing to change")
+    elif not dry_run:
+        click.echo(f"to-k8s: {writes} PATCH request(s) sent")
+
+
+def _print_publish_plan(plan: Any, dry_run: bool, writes: int, s: config.Settings) -> None:
+    for entry in plan.entries:
+        click.echo(
+            f"to-serf: publishes {entry.type} {entry.port} {entry.description} ({entry.txt})"
+        )
+    for left in plan.left_out:
+        click.echo(
+            f"to-serf: left out {left.namespace}/{left.service} port {left.port}: {left.reason}"
+        )
+    for problem in plan.problems:
+        click.echo(f"to-serf: problem: {problem}")
+    if plan.change.noop:
+        click.echo("to-serf: tags unchanged")
+    else:
+        verb = "would set" if dry_run else "set"
+        click.echo(
+            f"to-serf: {verb} tags {sorted(plan.change.set_tags)}, delete "
+            f"{list(plan.change.delete)}"
+        )
+    click.echo(
+        f"to-serf: budget {plan.budget_used}/{s.tag_limit} bytes"
+        + ("" if dry_run else f", {writes} tags call(s) sent")
+    )
+
+
+@cli.command()
+@bridge_options
+@click.option(
+    "--http-addr",
+    envvar="SERFBRIDGE_HTTP_ADDR",
+    show_envvar=True,
+    help="Where the daemon serves /status [default: 127.0.0.1:9473].",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def status(ctx: click.Context, /, as_json: bool, **_: object) -> None:
+    """What this node publishes, the budget used, what was left out, last sync, errors.
+
+    Asks the running daemon (its /status); without one, computes the plan (dry run).
+    Env: SERFBRIDGE_HTTP_ADDR, SERF_RPC_ADDR, SERF_RPC_AUTH, KUBECONFIG.
+    """
+    s = _settings(ctx)
+    report = _daemon_status(s.http_addr)
+    if report is None:
+        report = _computed_status(ctx, s)
+    if as_json:
+        click.echo(json.dumps(report, indent=2, sort_keys=True))
+        return
+    click.echo(
+        f"node {report.get('node')} (cluster {report.get('cluster')}), source: "
+        f"{report.get('source')}"
+    )
+    if "ready" in report:
+        click.echo(f"ready: {report['ready']} ({report.get('reason')})")
+    for direction, when in sorted(dict(report.get("last_sync") or {}).items()):
+        click.echo(
+            f"last {direction} sync: {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(when))}"
+        )
+    click.echo(f"budget: {report.get('budget_used', '?')}/{report.get('tag_limit')} bytes")
+    for entry in report.get("publishes") or []:
+        click.echo(f"publishes: {entry['s']} {entry['p']} {entry['d']} ({entry['t']})")
+    for left in report.get("left_out") or []:
+        click.echo(
+            f"left out: {left['namespace']}/{left['service']} port {left['port']}: {left['reason']}"
+        )
+    for direction, error in sorted(dict(report.get("errors") or {}).items()):
+        click.echo(f"error ({direction}): {error}")
+
+
+def _daemon_status(http_addr: str) -> dict[str, Any] | None:
+    try:
+        with urllib.request.urlopen(f"http://{http_addr}/status", timeout=2) as reply:
+            return {**json.loads(reply.read()), "source": f"daemon at {http_addr}"}
+    except (OSError, ValueError):
+        return None
+
+
+def _computed_status(ctx: click.Context, s: config.Settings) -> dict[str, Any]:
+    client, cache = _kube_cache(s, wait=30)
+    try:
+        view = bridge.KubeView(
+            nodes=cache.nodes(), services=cache.services(), slices=cache.endpoint_slices()
+        )
+        with _client(ctx) as serf:
+            plan, _ = bridge.publish_pass(serf, bridge.read_serf(serf), view, None, s, dry_run=True)
+    finally:
+        cache.stop(timeout=2)
+        client.close()
+    return {
+        "node": s.node_name,
+        "cluster": s.cluster,
+        "tag_limit": s.tag_limit,
+        "source": "computed now (no daemon answered)",
+        "budget_used": plan.budget_used,
+        "publishes": [e.to_wire() for e in plan.entries],
+        "left_out": [vars(lo) for lo in plan.left_out],
+    }
+
+
+@cli.command()
+@bridge_options
+@click.option(
+    "--handler-socket",
+    envvar="SERFBRIDGE_HANDLER_SOCKET",
+    show_envvar=True,
+    help="Where a running daemon takes events [default: /run/serfbridge/handler.sock].",
+)
+@click.pass_context
+def handle(ctx: click.Context, /, **_: object) -> None:
+    """Serf event-handler entry (run by handlers/serf-event-handler); prints nothing.
+
+    Hands the event to a running daemon, or runs one to-k8s pass itself. Reads SERF_EVENT
+    and stdin as Serf provides them. Env: SERFBRIDGE_HANDLER_SOCKET, SERF_RPC_ADDR,
+    SERF_RPC_AUTH, KUBECONFIG, SERFBRIDGE_CLUSTER, SERFBRIDGE_NODE_NAME.
+    """
+    from serfbridge import handler
+
+    stdin = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
+    event = handler.parse_event(os.environ, stdin)
+    s = _settings(ctx)
+    if not event.is_member_event:
+        return  # user events and queries do not change labels
+    if handler.hand_over(s.handler_socket, event):
+        return
+    from serfbridge import kube
+
+    client = kube.load_client(s.kubeconfig)
+    try:
+        nodes = client.list_nodes()
+        with _client(ctx) as serf:
+            _plan, writes = bridge.label_pass(
+                bridge.read_serf(serf), bridge.KubeView(nodes=nodes), client, s
+            )
+        log.info("handled %s standalone: %d patch(es)", event.name, writes)
+    finally:
+        client.close()

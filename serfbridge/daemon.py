@@ -1,0 +1,446 @@
+"""``serfbridge run``: both directions, level-triggered, debounced, restart-safe.
+
+Threads (one concurrency model, like the rest of the package):
+
+* the main loop runs the passes (``bridge.label_pass`` / ``bridge.publish_pass``) when a
+  direction's ``Trigger`` is due, pokes both on every resync, and feeds systemd's
+  watchdog;
+* a Serf follower reads the agent's member events from an RPC ``stream`` (the client
+  re-dials and re-subscribes by itself); a reconnect means the agent may have restarted
+  with no tags, so to-serf runs at once;
+* a Kubernetes watcher pokes the directions when the cache changes or its ``synced`` flips;
+* the handler socket takes events handed over by ``serfbridge handle``;
+* the health server serves /healthz, /readyz, /metrics and /status.
+
+Every input only *pokes*; the passes always read the truth afresh. Must not: plan
+anything itself, or write while the Kubernetes view is partial (``bridge`` checks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import sdnotify
+
+from serfbridge import bridge
+from serfbridge.config import Settings
+from serfbridge.errors import ConfigError, KubeError, RPCError, SerfBridgeError
+from serfbridge.health import HealthServer, Metrics
+from serfbridge.plan_labels import K8S_TAG
+from serfbridge.rpc.client import SerfClient
+from serfbridge.rpc.models import MemberEvent, Reconnected
+
+log = logging.getLogger(__name__)
+MEMBER_FILTER = "member-join,member-leave,member-failed,member-update,member-reap"
+DIRECTIONS = ("to-k8s", "to-serf")
+
+
+@dataclass
+class Trigger:
+    """Debounce: due ``quiet`` seconds after the last poke, or ``max_wait`` after the first."""
+
+    quiet: float
+    max_wait: float
+    first: float | None = None
+    last: float | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def poke(self, *, urgent: bool = False) -> None:
+        now = time.monotonic()
+        with self.lock:
+            self.first = self.first if self.first is not None else now
+            self.last = now
+            if urgent:
+                self.first = now - self.max_wait
+
+    def due_in(self) -> float | None:
+        with self.lock:
+            if self.first is None or self.last is None:
+                return None
+            due = min(self.last + self.quiet, self.first + self.max_wait)
+        return max(0.0, due - time.monotonic())
+
+    def take(self) -> None:
+        with self.lock:
+            self.first = self.last = None
+
+
+class Daemon:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        reload: Callable[[], Settings] | None = None,
+        kube_factory: Callable[[Settings], Any] | None = None,
+    ) -> None:
+        self.settings = settings
+        self._reload = reload
+        self._kube_factory = kube_factory
+        self.metrics = Metrics()
+        self.triggers = {d: Trigger(settings.debounce, settings.max_wait) for d in DIRECTIONS}
+        self.stopping = threading.Event()
+        self._wake = threading.Event()
+        self._reload_requested = False
+        self._notifier = sdnotify.SystemdNotifier()
+        self._ready_sent = False
+        self._last_ok: dict[str, float] = {}
+        self._last_error: dict[str, str] = {}
+        self._self_member = ""
+        self._last_skipped: dict[str, int] = {}
+        self._last_notes: tuple[str, ...] = ()
+        self._last_plan: dict[str, object] = {}
+        self._events = bridge.EventReporter()
+        self.serf = SerfClient(
+            settings.rpc_addr,
+            auth_key=settings.rpc_auth,
+            tag_limit=settings.tag_limit,
+            connect_attempts=1,
+            timeout=10.0,
+        )
+        self.kube: Any = None
+        self.cache: Any = None
+        self._threads: list[threading.Thread] = []
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def run(self) -> int:
+        self._install_signals()
+        s = self.settings
+        health = HealthServer(
+            s.http_addr, self.metrics, ready=self.ready, status=self.status
+        ).start()
+        self.metrics.budget.labels("limit").set(s.tag_limit)
+        if self._kube_factory is not None:
+            self.kube, self.cache = self._kube_factory(s)
+        listener = _listen_unix(s.handler_socket)
+        self._spawn(self._follow_serf, "serf-follower")
+        if self.cache is not None:
+            self._spawn(self._follow_kube, "kube-follower")
+        self._spawn(lambda: self._serve_handler(listener), "handler-socket")
+        log.info(
+            "serfbridge running for node %s (cluster %s): to-serf=%s to-k8s=%s, "
+            "http %s, handler socket %s",
+            s.node_name,
+            s.cluster,
+            s.to_serf,
+            s.to_k8s,
+            s.http_addr,
+            s.handler_socket,
+        )
+        try:
+            self._main_loop()
+        finally:
+            self._shutdown(health, listener)
+        return 0
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self._wake.set()
+
+    def _spawn(self, target: Callable[[], None], name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _install_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # tests run the daemon in a thread; they call stop() instead
+
+        def on_term(signum: int, frame: FrameType | None) -> None:
+            self.stop()
+
+        def on_hup(signum: int, frame: FrameType | None) -> None:
+            self._reload_requested = True
+            self._wake.set()
+
+        signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGINT, on_term)
+        signal.signal(signal.SIGHUP, on_hup)
+
+    def _shutdown(self, health: HealthServer, listener: socket.socket) -> None:
+        self._notifier.notify("STOPPING=1")
+        listener.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.settings.handler_socket)
+        if self.cache is not None:
+            self.cache.stop(timeout=2)
+        self.serf.close()
+        health.stop()
+        log.info("serfbridge stopped")
+
+    # --- the main loop ----------------------------------------------------------------------
+
+    def _main_loop(self) -> None:
+        for trigger in self.triggers.values():
+            trigger.poke(urgent=True)
+        next_resync = time.monotonic() + self.settings.resync
+        while not self.stopping.is_set():
+            if self._reload_requested:
+                self._apply_reload()
+            if time.monotonic() >= next_resync:
+                next_resync = time.monotonic() + self.settings.resync
+                for trigger in self.triggers.values():
+                    trigger.poke()
+            for direction in DIRECTIONS:
+                if self.triggers[direction].due_in() == 0.0:
+                    self.triggers[direction].take()
+                    self._run_pass(direction)
+            self._notifier.notify("WATCHDOG=1")
+            self._maybe_ready()
+            waits = [t.due_in() for t in self.triggers.values()]
+            timeout = min(
+                [w for w in waits if w is not None]
+                + [1.0, max(0.0, next_resync - time.monotonic())]
+            )
+            self._wake.wait(timeout)
+            self._wake.clear()
+
+    def poke(self, direction: str, *, urgent: bool = False) -> None:
+        self.triggers[direction].poke(urgent=urgent)
+        self._wake.set()
+
+    def _run_pass(self, direction: str) -> None:
+        s = self.settings
+        if (direction == "to-k8s" and not s.to_k8s) or (direction == "to-serf" and not s.to_serf):
+            return
+        try:
+            serf_view = bridge.read_serf(self.serf)
+            self._self_member = serf_view.self_member
+            self.metrics.rpc_connected.set(1)
+            view = self._kube_view()
+            if direction == "to-k8s":
+                label_plan, writes = bridge.label_pass(
+                    serf_view, view, self.kube, s, cache=self.cache
+                )
+                self._count_rejects(dict(label_plan.skipped))
+                if label_plan.notes != self._last_notes:
+                    for note in label_plan.notes:
+                        log.warning("to-k8s: %s", note)
+                    self._last_notes = label_plan.notes
+                ok = view.synced
+            else:
+                plan, writes = bridge.publish_pass(
+                    self.serf, serf_view, view, self.kube, s, cache=self.cache
+                )
+                self._record_publish(plan, view)
+                ok = True
+        except SerfBridgeError as exc:
+            self._on_error(direction, exc)
+            return
+        self.metrics.writes.labels(direction).inc(writes)
+        if ok:
+            self._last_ok[direction] = time.time()
+            self._last_error.pop(direction, None)
+            self.metrics.last_sync.labels(direction).set(self._last_ok[direction])
+
+    def _count_rejects(self, skipped: dict[str, int]) -> None:
+        """Gossip that cannot become labels: counted, and logged when it changes."""
+        if skipped != self._last_skipped:
+            if skipped:
+                log.warning("gossip skipped (not valid label syntax or not allowed): %s",
+                            skipped)
+            self._last_skipped = skipped
+            for reason, count in skipped.items():
+                self.metrics.gossip_rejects.labels(reason).inc(count)
+
+    def _record_publish(self, plan: Any, view: bridge.KubeView) -> None:
+        self.metrics.budget.labels("used").set(plan.budget_used)
+        self.metrics.not_published.set(len(plan.left_out))
+        self._last_plan = {
+            "publishes": [e.to_wire() for e in plan.entries],
+            "left_out": [vars(lo) for lo in plan.left_out],
+            "budget_used": plan.budget_used,
+            "problems": list(plan.problems),
+        }
+        if self.kube is not None and view.synced and plan.left_out:
+            sent = self._events.report(self.kube, view, plan.left_out)
+            self.metrics.writes.labels("to-serf").inc(sent)
+
+    def _on_error(self, direction: str, exc: SerfBridgeError) -> None:
+        kind = type(exc).__name__
+        self.metrics.errors.labels(kind).inc()
+        if isinstance(exc, RPCError):
+            self.metrics.rpc_connected.set(0)
+        self._last_error[direction] = f"{kind}: {exc}"
+        log.warning("%s pass failed: %s", direction, exc)
+        if exc.temporary or isinstance(exc, KubeError | RPCError):
+            self.triggers[direction].poke()  # retried after the quiet period
+
+    def _kube_view(self) -> bridge.KubeView:
+        if self.cache is None:
+            return bridge.KubeView(nodes={}, synced=False)
+        synced = bool(self.cache.synced)
+        self.metrics.kube_synced.set(1 if synced else 0)
+        return bridge.KubeView(
+            nodes=self.cache.nodes(),
+            services=self.cache.services(),
+            slices=self.cache.endpoint_slices(),
+            synced=synced,
+        )
+
+    # --- readiness, status, reload ------------------------------------------------------------
+
+    def ready(self) -> tuple[bool, str]:
+        if self.cache is not None and not self.cache.synced:
+            return False, "kubernetes cache not synced"
+        enabled = [
+            d
+            for d in DIRECTIONS
+            if (d == "to-k8s" and self.settings.to_k8s)
+            or (d == "to-serf" and self.settings.to_serf)
+        ]
+        missing = [d for d in enabled if d not in self._last_ok or d in self._last_error]
+        if missing:
+            errors = "; ".join(self._last_error.get(d, "no pass yet") for d in missing)
+            return False, f"not synced: {', '.join(missing)} ({errors})"
+        return True, "ready"
+
+    def _maybe_ready(self) -> None:
+        if not self._ready_sent and self.ready()[0]:
+            self._ready_sent = True
+            self._notifier.notify("READY=1")
+            log.info("first sync complete: ready")
+
+    def status(self) -> dict[str, object]:
+        ok, why = self.ready()
+        return {
+            "node": self.settings.node_name,
+            "cluster": self.settings.cluster,
+            "self_member": self._self_member,
+            "ready": ok,
+            "reason": why,
+            "last_sync": dict(self._last_ok),
+            "errors": dict(self._last_error),
+            "tag_limit": self.settings.tag_limit,
+            **self._last_plan,
+        }
+
+    def _apply_reload(self) -> None:
+        self._reload_requested = False
+        if self._reload is None:
+            return
+        try:
+            new = self._reload()
+        except SerfBridgeError as exc:
+            log.error("SIGHUP: config not reloaded: %s", exc)
+            return
+        fixed = ("rpc_addr", "http_addr", "handler_socket", "kubeconfig", "node_name")
+        changed = [k for k in fixed if getattr(new, k) != getattr(self.settings, k)]
+        if changed:
+            log.warning("SIGHUP: %s change only after a restart", ", ".join(changed))
+            new = _keep(new, self.settings, fixed)
+        self.settings = new
+        for trigger in self.triggers.values():
+            trigger.quiet, trigger.max_wait = new.debounce, new.max_wait
+        log.info("SIGHUP: config reloaded (resync %.0fs, debounce %.2fs)", new.resync, new.debounce)
+        for trigger in self.triggers.values():
+            trigger.poke(urgent=True)
+
+    # --- inputs -------------------------------------------------------------------------------
+
+    def _follow_serf(self) -> None:
+        delay = 0.1
+        while not self.stopping.is_set():
+            try:
+                with self.serf.stream(MEMBER_FILTER) as events:
+                    delay = 0.1
+                    self.poke("to-serf", urgent=True)  # (re)connected: assert our tags now
+                    self._read_events(events)
+            except RPCError as exc:
+                self.metrics.rpc_connected.set(0)
+                log.debug("serf stream: %s; retrying in %.1fs", exc, delay)
+                self.stopping.wait(delay)
+                delay = min(delay * 2, 1.0)
+
+    def _read_events(self, events: Any) -> None:
+        dropped = 0
+        while not self.stopping.is_set():
+            item = events.get(timeout=0.5)
+            if events.dropped > dropped:
+                self.metrics.events_dropped.inc(events.dropped - dropped)
+                dropped = events.dropped
+            if isinstance(item, Reconnected):
+                log.info("serf agent connection re-established; re-asserting tags")
+                self.metrics.rpc_connected.set(1)
+                self.poke("to-serf", urgent=True)
+                self.poke("to-k8s")
+            elif isinstance(item, MemberEvent):
+                self.poke("to-k8s")
+                if any(m.name == self._self_member and K8S_TAG not in m.tags for m in item.members):
+                    self.poke("to-serf", urgent=True)  # our tags are gone: agent restarted
+                else:
+                    self.poke("to-serf")  # placement follows membership
+
+    def _follow_kube(self) -> None:
+        version = 0
+        while not self.stopping.is_set():
+            new = self.cache.wait_for_change(version, 0.5)
+            if new != version:  # any change, or `synced` flipped: both directions look again
+                version = new
+                self.poke("to-serf")
+                self.poke("to-k8s")
+
+    def _serve_handler(self, listener: socket.socket) -> None:
+        listener.settimeout(0.5)
+        while not self.stopping.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(2.0)
+                try:
+                    event = json.loads(_read_line(conn) or "{}")
+                    log.info("event handed over by the handler: %s", event.get("event"))
+                    self.poke("to-k8s")
+                    if str(event.get("event", "")).startswith("member-"):
+                        self.poke("to-serf")
+                    conn.sendall(b"ok\n")
+                except (OSError, ValueError) as exc:
+                    log.debug("handler socket: %s", exc)
+
+
+def _read_line(conn: socket.socket, limit: int = 65536) -> str:
+    data = b""
+    while b"\n" not in data and len(data) < limit:
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data.split(b"\n", 1)[0].decode("utf-8", "replace")
+
+
+def _listen_unix(path: str) -> socket.socket:
+    """The handler socket; a stale file from a killed daemon is replaced."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on --handler-socket {path}: {exc.strerror}") from exc
+    # Anyone who can reach the socket can only ask for a re-read; the agent may run as
+    # another user than we do.
+    os.chmod(path, 0o666)
+    sock.listen(16)
+    return sock
+
+
+def _keep(new: Settings, old: Settings, names: tuple[str, ...]) -> Settings:
+    return replace(new, **{k: getattr(old, k) for k in names})

@@ -1,0 +1,64 @@
+"""``serfbridge handle``: what the Serf agent runs for each event (via the shim).
+
+Serf runs handlers one at a time on its event loop with no timeout
+(``reference/serf-rpc.md`` §7.4), so this must be quick. The event is only a trigger
+(its stdin cannot carry tags with ``,`` or ``=`` reliably, §7.3): when a local
+``serfbridge run`` listens on the handler socket, the event is handed over and we exit;
+otherwise one to-k8s pass runs here, with the same planner and applier as the daemon.
+
+``parse_event`` is pure and takes the environment as an argument.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+MEMBER_EVENTS = ("member-join", "member-leave", "member-failed", "member-update", "member-reap")
+
+
+@dataclass(frozen=True)
+class SerfEvent:
+    name: str  # SERF_EVENT
+    self_name: str
+    user_event: str | None = None
+    query: str | None = None
+    members: tuple[str, ...] = ()  # names from stdin, for the log only
+
+    @property
+    def is_member_event(self) -> bool:
+        return self.name in MEMBER_EVENTS
+
+
+def parse_event(env: Mapping[str, str], stdin: bytes) -> SerfEvent:
+    """The event Serf described in ``env`` and ``stdin``; only names are taken from stdin."""
+    name = env.get("SERF_EVENT", "")
+    members: tuple[str, ...] = ()
+    if name in MEMBER_EVENTS:
+        lines = stdin.decode("utf-8", "replace").splitlines()
+        members = tuple(line.split("\t", 1)[0] for line in lines if line.strip())
+    return SerfEvent(
+        name=name,
+        self_name=env.get("SERF_SELF_NAME", ""),
+        user_event=env.get("SERF_USER_EVENT"),
+        query=env.get("SERF_QUERY_NAME"),
+        members=members,
+    )
+
+
+def hand_over(path: str, event: SerfEvent, *, timeout: float = 1.0) -> bool:
+    """Give the event to a running daemon; False when none listens at ``path``."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(path)
+        sock.sendall(
+            json.dumps({"event": event.name, "members": list(event.members)}).encode() + b"\n"
+        )
+        return sock.recv(16).startswith(b"ok")
+    except OSError:
+        return False
+    finally:
+        sock.close()

@@ -1,0 +1,132 @@
+"""Health and metrics over HTTP: ``/healthz``, ``/readyz`` and Prometheus ``/metrics``.
+
+The daemon owns one ``Metrics`` (a private prometheus-client registry, so several
+daemons in one test process never collide) and one ``HealthServer`` thread. ``/readyz``
+is 200 only while the daemon says it is ready: both sides connected and synced.
+``/status`` is the same state as JSON, read by ``serfbridge status``.
+
+Must not: decide readiness itself (the daemon passes a callable) or block the daemon.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from serfbridge.errors import ConfigError
+from serfbridge.rpc.client import split_addr
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.last_sync = Gauge(
+            "serfbridge_last_sync_timestamp_seconds",
+            "Unix time of the last successful pass",
+            ["direction"],
+            registry=r,
+        )
+        self.writes = Counter(
+            "serfbridge_writes_total",
+            "Writes sent (tags calls, Node patches, Events)",
+            ["direction"],
+            registry=r,
+        )
+        self.errors = Counter("serfbridge_errors_total", "Errors by kind", ["kind"], registry=r)
+        self.budget = Gauge(
+            "serfbridge_tag_budget_bytes", "Bytes of the tag budget", ["state"], registry=r
+        )
+        self.not_published = Gauge(
+            "serfbridge_entries_not_published",
+            "Service ports this node should publish but does not",
+            registry=r,
+        )
+        self.rpc_connected = Gauge(
+            "serfbridge_rpc_connected", "1 while the Serf RPC works", registry=r
+        )
+        self.kube_synced = Gauge(
+            "serfbridge_kube_synced", "1 while the Kubernetes cache is complete", registry=r
+        )
+        self.events_dropped = Counter(
+            "serfbridge_events_dropped_total", "Serf events dropped locally", registry=r
+        )
+        self.gossip_rejects = Counter(
+            "serfbridge_gossip_rejects_total",
+            "Gossiped tags that could not become labels",
+            ["reason"],
+            registry=r,
+        )
+        for direction in ("to-serf", "to-k8s"):
+            self.writes.labels(direction)
+        self.budget.labels("limit")
+        self.budget.labels("used")
+
+
+class HealthServer:
+    """A small threaded HTTP server; ``ready`` and ``status`` are asked per request."""
+
+    def __init__(
+        self,
+        addr: str,
+        metrics: Metrics,
+        *,
+        ready: Callable[[], tuple[bool, str]],
+        status: Callable[[], dict[str, object]],
+    ) -> None:
+        host, port = split_addr(addr)
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                outer._serve(self)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass  # probes every few seconds would flood the log
+
+        try:
+            self._server = ThreadingHTTPServer((host, port), Handler)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on --http-addr {addr}: {exc.strerror}") from exc
+        self._server.daemon_threads = True
+        self.metrics, self.ready, self.status = metrics, ready, status
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="health", daemon=True
+        )
+
+    def start(self) -> HealthServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _serve(self, request: BaseHTTPRequestHandler) -> None:
+        path = request.path.split("?")[0]
+        if path == "/healthz":
+            self._reply(request, 200, b"ok\n", "text/plain")
+        elif path == "/readyz":
+            ok, why = self.ready()
+            self._reply(request, 200 if ok else 503, f"{why}\n".encode(), "text/plain")
+        elif path == "/metrics":
+            self._reply(request, 200, generate_latest(self.metrics.registry), CONTENT_TYPE_LATEST)
+        elif path == "/status":
+            body = json.dumps(self.status(), indent=2, sort_keys=True).encode()
+            self._reply(request, 200, body + b"\n", "application/json")
+        else:
+            self._reply(request, 404, b"not found\n", "text/plain")
+
+    @staticmethod
+    def _reply(request: BaseHTTPRequestHandler, code: int, body: bytes, ctype: str) -> None:
+        request.send_response(code)
+        request.send_header("Content-Type", ctype)
+        request.send_header("Content-Length", str(len(body)))
+        request.end_headers()
+        request.wfile.write(body)

@@ -1,0 +1,284 @@
+"""Test and demo infrastructure: ``serfbridge run`` daemons as real processes, and a world.
+
+``BridgeProcess`` runs one daemon (its own HTTP port, handler socket and log) and can
+kill -9, terminate and restart it. ``World`` puts the real parts together: a lab
+apiserver, N serf agents, one Kubernetes Node per agent (Ready, with an InternalIP) and,
+on request, one daemon per agent. Used by the integration tests, ``make demo`` and
+``bench/``. Not imported by the package itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from serfbridge import kube
+from serfbridge.lab.apiserver import LabApiServer
+from serfbridge.lab.serfagents import AgentSpec, SerfCluster, free_port
+
+CLUSTER = "lab"
+
+
+class BridgeProcess:
+    """One ``serfbridge run`` process for one node."""
+
+    def __init__(
+        self,
+        *,
+        node: str,
+        rpc_addr: str,
+        kubeconfig: str,
+        workdir: Path,
+        cluster: str = CLUSTER,
+        args: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.node, self.rpc_addr, self.kubeconfig = node, rpc_addr, kubeconfig
+        self.cluster, self.args, self.workdir = cluster, list(args), workdir
+        self.http_port = free_port()
+        self.socket = str(workdir / f"{node}.sock")
+        self.log_path = workdir / f"bridge-{node}.log"
+        self.config = workdir / "empty.config"
+        self.config.touch()
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.pids: list[int] = []
+
+    @property
+    def http_addr(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    def argv(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "serfbridge.cli",
+            "--config",
+            str(self.config),
+            "--rpc-addr",
+            self.rpc_addr,
+            "--kubeconfig",
+            self.kubeconfig,
+            "--cluster-name",
+            self.cluster,
+            "--node-name",
+            self.node,
+            "-v",
+            "run",
+            "--http-addr",
+            self.http_addr,
+            "--handler-socket",
+            self.socket,
+            "--resync",
+            "10",
+            "--debounce",
+            "0.1",
+            "--max-wait",
+            "1",
+            *self.args,
+        ]
+
+    def start(self) -> BridgeProcess:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.argv(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                start_new_session=True,
+            )
+        self.pids.append(self.proc.pid)
+        return self
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def get(self, path: str, timeout: float = 2.0) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://{self.http_addr}{path}", timeout=timeout) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+        except OSError as exc:
+            return 0, str(exc)
+
+    def status(self) -> dict[str, Any]:
+        code, body = self.get("/status")
+        return json.loads(body) if code == 200 else {}
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.get("/readyz")[0] == 200:
+                return
+            if not self.running():
+                raise RuntimeError(f"bridge {self.node} exited:\n{self.log_tail()}")
+            time.sleep(0.1)
+        raise RuntimeError(f"bridge {self.node} not ready in {timeout}s:\n{self.log_tail()}")
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+    def terminate(self, timeout: float = 10.0) -> int | None:
+        if not self.running() or self.proc is None:
+            return None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return None
+
+    def _signal(self, signum: signal.Signals) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signum)
+            if signum == signal.SIGKILL:
+                self.proc.wait(10)
+
+    def restart(self) -> BridgeProcess:
+        self.kill()
+        return self.start()
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+
+def node_body(name: str, ip: str, *, ready: bool = True) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name},
+        "status": {
+            "addresses": [
+                {"type": "InternalIP", "address": ip},
+                {"type": "Hostname", "address": name},
+            ],
+            "conditions": [{"type": "Ready", "status": str(ready)}],
+        },
+    }
+
+
+class World:
+    """Real apiserver + N serf agents + one Node per agent (+ daemons on request)."""
+
+    def __init__(
+        self,
+        n: int = 3,
+        *,
+        apiserver: LabApiServer | None = None,
+        agent_specs: Sequence[AgentSpec] | None = None,
+        cluster: str = CLUSTER,
+        node_prefix: str = "k",
+    ) -> None:
+        self.cluster = cluster
+        self._own_apiserver = apiserver is None
+        self.apiserver = apiserver or LabApiServer()
+        specs = agent_specs or [AgentSpec(f"serf-{node_prefix}{i + 1}") for i in range(n)]
+        self.serf = SerfCluster(specs=specs, join_timeout=45)
+        self.nodes = [f"{node_prefix}{i + 1}" for i in range(len(specs))]
+        self.bridges: dict[str, BridgeProcess] = {}
+        self.kube: kube.KubeClient | None = None
+
+    def __enter__(self) -> World:
+        try:
+            if self._own_apiserver:
+                self.apiserver.start()
+            self.serf.start()
+            self.kube = kube.load_client(str(self.apiserver.kubeconfig), env={})
+            for i, node in enumerate(self.nodes):
+                self.create_node(node, f"10.90.0.{i + 1}")
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def client(self) -> kube.KubeClient:
+        assert self.kube is not None
+        return self.kube
+
+    def agent_for(self, node: str) -> Any:
+        return self.serf.agents[self.nodes.index(node)]
+
+    def create_node(self, name: str, ip: str, *, ready: bool = True) -> None:
+        self.client.request(
+            "POST",
+            "/api/v1/nodes",
+            verb="create",
+            resource="nodes",
+            body=node_body(name, ip, ready=ready),
+        )
+
+    def start_bridges(
+        self,
+        *,
+        args: Sequence[str] = (),
+        nodes: Sequence[str] | None = None,
+        wait: bool = True,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        for node in nodes or self.nodes:
+            bridge = BridgeProcess(
+                node=node,
+                rpc_addr=self.agent_for(node).rpc_addr,
+                kubeconfig=str(self.apiserver.kubeconfig),
+                workdir=self.serf.workdir,
+                cluster=self.cluster,
+                args=args,
+                env=env,
+            )
+            self.bridges[node] = bridge.start()
+        if wait:
+            for node in nodes or self.nodes:
+                self.bridges[node].wait_ready()
+
+    def node_metadata(self, name: str) -> tuple[dict[str, str], dict[str, str]]:
+        info = self.client.get_node(name)
+        return dict(info.labels), dict(info.annotations)
+
+    def wait_for(
+        self, predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition"
+    ) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            result = predicate()
+            if result:
+                return result
+            time.sleep(0.1)
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{self.logs()}")
+
+    def logs(self, lines: int = 30) -> str:
+        parts = [f"--- bridge {n} ---\n{b.log_tail(lines)}" for n, b in self.bridges.items()]
+        return "\n".join(parts) + "\n" + self.serf.logs(lines)
+
+    def close(self) -> None:
+        for bridge in self.bridges.values():
+            bridge.terminate(timeout=5)
+            bridge.kill()
+        if self.kube is not None:
+            if not self._own_apiserver:  # a shared apiserver: leave no Nodes behind
+                for node in self.nodes:
+                    with contextlib.suppress(Exception):
+                        self.client.request("DELETE", f"/api/v1/nodes/{node}", verb="delete",
+                                            resource="nodes")
+            self.kube.close()
+        self.serf.close()
+        if self._own_apiserver:
+            self.apiserver.stop()
