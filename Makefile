@@ -3,9 +3,9 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PIP     := $(VENV)/bin/pip
 CACHE   ?= /var/cache/serfbridge
-DEBS    := serf etcd-server etcd-client golang-go rsync dpkg-dev systemd curl openssl
+DEBS    := serf etcd-server etcd-client golang-go rsync dpkg-dev systemd curl openssl jq
 
-.PHONY: install deps kube-apiserver lint fmt test test-unit test-docker bench demo clean
+.PHONY: install deps kube-apiserver lint fmt test test-unit test-docker bench demo docs clean
 
 install: $(VENV)/.installed
 
@@ -40,11 +40,39 @@ test: install
 test-unit: install
 	$(VENV)/bin/pytest -q -m "not integration"
 
-bench: install
+bench: install deps kube-apiserver
 	$(PY) -m bench
+
+docs: install
+	$(PY) -m serfbridge.cli.reference > docs/configuration.md
 
 demo: install deps kube-apiserver
 	$(PY) -m serfbridge.lab.demo
+
+# Three serf agents in Docker (docker-compose.yml), driven from the host through
+# SERF_RPC_ADDR. Needs Docker with the compose plugin. Not run in CI: no Docker there.
+COMPOSE          ?= docker compose
+DOCKER_RPC_PORTS ?= 7373 7374 7375
+test-docker: install
+	$(COMPOSE) up -d --build --wait
+	@set -- $(DOCKER_RPC_PORTS); status=0; \
+	for port in "$$@"; do \
+	  for try in 1 2 3 4 5 6 7 8 9 10; do \
+	    n=$$(SERF_RPC_ADDR=127.0.0.1:$$port $(VENV)/bin/serfbridge members --status alive --json \
+	         | $(PY) -c 'import json,sys; print(len(json.load(sys.stdin)["members"]))' 2>/dev/null); \
+	    [ "$$n" = 3 ] && break; sleep 1; \
+	  done; \
+	  echo "test-docker: 127.0.0.1:$$port sees $${n:-no} alive members"; [ "$$n" = 3 ] || status=1; \
+	done; \
+	SERF_RPC_ADDR=127.0.0.1:$$1 $(VENV)/bin/serfbridge publish docker-test kubernetes 30080 || status=1; \
+	for try in 1 2 3 4 5 6 7 8 9 10; do \
+	  SERF_RPC_ADDR=127.0.0.1:$$3 $(VENV)/bin/serfbridge services --json | grep -q '"p":"30080"' && break; \
+	  sleep 1; \
+	done; \
+	if SERF_RPC_ADDR=127.0.0.1:$$3 $(VENV)/bin/serfbridge services --json | grep -q '"p":"30080"'; \
+	then echo "test-docker: published via 127.0.0.1:$$1, seen via 127.0.0.1:$$3"; \
+	else echo "test-docker: published service not seen via 127.0.0.1:$$3"; status=1; fi; \
+	$(COMPOSE) down -v; exit $$status
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .hypothesis

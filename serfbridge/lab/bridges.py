@@ -27,6 +27,8 @@ from serfbridge.lab.apiserver import LabApiServer
 from serfbridge.lab.serfagents import AgentSpec, SerfCluster, free_port
 
 CLUSTER = "lab"
+#: Fast loops for tests and the demo; on the command line, so they beat any config file.
+TUNING = ("--resync", "10", "--debounce", "0.1", "--max-wait", "1")
 
 
 class BridgeProcess:
@@ -42,14 +44,20 @@ class BridgeProcess:
         cluster: str = CLUSTER,
         args: Sequence[str] = (),
         env: dict[str, str] | None = None,
+        global_args: Sequence[str] = (),
+        tuning: Sequence[str] = TUNING,
+        config_text: str | None = None,
     ) -> None:
+        """``args`` go after ``run``, ``global_args`` before it; ``tuning`` are the fast
+        loop flags (flags beat the config file: drop one to let ``config_text`` set it)."""
         self.node, self.rpc_addr, self.kubeconfig = node, rpc_addr, kubeconfig
         self.cluster, self.args, self.workdir = cluster, list(args), workdir
+        self.global_args, self.tuning = list(global_args), list(tuning)
         self.http_port = free_port()
         self.socket = str(workdir / f"{node}.sock")
         self.log_path = workdir / f"bridge-{node}.log"
-        self.config = workdir / "empty.config"
-        self.config.touch()
+        self.config = workdir / ("empty.config" if config_text is None else f"{node}.config")
+        self.config.write_text(config_text or "")
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self.pids: list[int] = []
@@ -74,17 +82,13 @@ class BridgeProcess:
             "--node-name",
             self.node,
             "-v",
+            *self.global_args,
             "run",
             "--http-addr",
             self.http_addr,
             "--handler-socket",
             self.socket,
-            "--resync",
-            "10",
-            "--debounce",
-            "0.1",
-            "--max-wait",
-            "1",
+            *self.tuning,
             *self.args,
         ]
 
@@ -235,19 +239,21 @@ class World:
         env: dict[str, str] | None = None,
     ) -> None:
         for node in nodes or self.nodes:
-            bridge = BridgeProcess(
-                node=node,
-                rpc_addr=self.agent_for(node).rpc_addr,
-                kubeconfig=str(self.apiserver.kubeconfig),
-                workdir=self.serf.workdir,
-                cluster=self.cluster,
-                args=args,
-                env=env,
-            )
-            self.bridges[node] = bridge.start()
+            self.bridges[node] = self.bridge(node, args=args, env=env).start()
         if wait:
             for node in nodes or self.nodes:
                 self.bridges[node].wait_ready()
+
+    def bridge(self, node: str, **options: Any) -> BridgeProcess:
+        """A (not yet started) daemon for ``node``; ``options`` as for ``BridgeProcess``."""
+        return BridgeProcess(
+            node=node,
+            rpc_addr=self.agent_for(node).rpc_addr,
+            kubeconfig=str(self.apiserver.kubeconfig),
+            workdir=self.serf.workdir,
+            cluster=self.cluster,
+            **options,
+        )
 
     def node_metadata(self, name: str) -> tuple[dict[str, str], dict[str, str]]:
         info = self.client.get_node(name)
