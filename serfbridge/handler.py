@@ -12,7 +12,9 @@ otherwise one to-k8s pass runs here, with the same planner and applier as the da
 from __future__ import annotations
 
 import json
+import os
 import socket
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -62,3 +64,36 @@ def hand_over(path: str, event: SerfEvent, *, timeout: float = 1.0) -> bool:
         return False
     finally:
         sock.close()
+
+
+DEFAULT_SOCKET = "/run/serfbridge/handler.sock"
+
+
+def socket_path(env: Mapping[str, str]) -> str:
+    """Where the daemon listens: the environment, else the config file, else the default."""
+    path = env.get("SERFBRIDGE_HANDLER_SOCKET")
+    if path:
+        return path
+    from serfbridge import config  # only when needed: it costs most of this command's start
+
+    try:
+        values = config.read_config_file(env.get("SERFBRIDGE_CONFIG", config.DEFAULT_CONFIG))
+    except Exception:  # a broken file is reported by the standalone path, with its details
+        values = {}
+    return values.get("handler_socket", DEFAULT_SOCKET)
+
+
+def main() -> None:
+    """``serfbridge-handle``, what the shim runs: hand over fast, else the full command.
+
+    Only the standard library is imported on the hand-over path, so the agent's event loop
+    is held for as short a time as possible (``reference/serf-rpc.md`` §7.4).
+    """
+    env = os.environ
+    stdin = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
+    event = parse_event(env, stdin)
+    if not event.is_member_event or hand_over(socket_path(env), event):
+        return
+    from serfbridge.cli import cli  # no daemon: do the work here, with the whole CLI
+
+    cli(args=["handle"], prog_name="serfbridge")

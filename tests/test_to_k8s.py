@@ -216,7 +216,7 @@ def handler_specs(w_prefix: str, kubeconfig: str, workdir: Path) -> list[AgentSp
     for i in (1, 2, 3):
         node = f"{w_prefix}{i}"
         env = {
-            "SERFBRIDGE_BIN": str(Path(sys.executable).parent / "serfbridge"),
+            "SERFBRIDGE_HANDLE": str(Path(sys.executable).parent / "serfbridge-handle"),
             "SERFBRIDGE_CONFIG": "/dev/null",
             "SERF_RPC_ADDR": "{rpc_addr}",
             "KUBECONFIG": kubeconfig,
