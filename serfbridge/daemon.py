@@ -324,6 +324,7 @@ class Daemon:
             "last_sync": dict(self._last_ok),
             "errors": dict(self._last_error),
             "tag_limit": self.settings.tag_limit,
+            "resync": self.settings.resync,
             **self._last_plan,
         }
 
@@ -366,7 +367,7 @@ class Daemon:
 
     def _read_events(self, events: Any) -> None:
         dropped = 0
-        while not self.stopping.is_set():
+        while not self.stopping.is_set() and not events.done:
             item = events.get(timeout=0.5)
             if events.dropped > dropped:
                 self.metrics.events_dropped.inc(events.dropped - dropped)

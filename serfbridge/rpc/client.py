@@ -419,6 +419,11 @@ class Stream(Iterator[StreamItem]):
             raise StopIteration
         return item
 
+    @property
+    def done(self) -> bool:
+        """True once the stream has ended (stopped, closed, or a query's ``done``)."""
+        return self._done
+
     def get(self, timeout: float | None = None) -> StreamItem | None:
         """The next item, or None on timeout or when the stream has ended."""
         try:
