@@ -13,7 +13,7 @@ Kubernetes view (the caller says whether its view is ``synced``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -78,12 +78,16 @@ def label_pass(
     *,
     dry_run: bool = False,
     cache: Any = None,
+    unsettled: Collection[str] = (),
 ) -> tuple[LabelPlan, int]:
     """Plan Node labels and apply them; returns the plan and the number of PATCHes sent."""
     if not kube_view.synced:
         return LabelPlan(patches=(), notes=("kubernetes view not synced: nothing written",)), 0
     plan = plan_labels(
-        serf_view.members, kube_view.nodes, settings.label_settings(serf_view.self_member)
+        serf_view.members,
+        kube_view.nodes,
+        settings.label_settings(serf_view.self_member),
+        unsettled=unsettled,
     )
     if dry_run or kube is None:
         return plan, 0
@@ -158,33 +162,51 @@ def _record_owned_tags(
 
 
 class EventReporter:
-    """One Kubernetes Event per Service and reason, not one per pass."""
+    """One Kubernetes Event per Service and reason, not one per pass.
 
-    def __init__(self) -> None:
-        self._sent: set[tuple[str, str, str]] = set()
+    Every node's bridge reports on the same Service, so the message names the node. A
+    Service is known by its uid too (a re-created one is a new object with no Event yet);
+    a reason that goes away and comes back is reported again, and a failed POST is retried
+    on the next pass. Call ``report`` after every synced pass, with or without omissions.
+    """
+
+    def __init__(self, node: str) -> None:
+        self.node = node
+        self._sent: set[tuple[str, str, str, str]] = set()  # (namespace, name, uid, reason)
 
     def report(self, kube: KubeWriter, view: KubeView, left_out: tuple[LeftOut, ...]) -> int:
-        sent = 0
-        current = {(lo.namespace, lo.service, lo.reason) for lo in left_out}
-        for namespace, service, reason in sorted(current - self._sent):
-            svc = view.services.get(f"{namespace}/{service}")
-            if svc is None:
-                continue
-            ports = [
-                lo.port
-                for lo in left_out
-                if (lo.namespace, lo.service, lo.reason) == (namespace, service, reason)
-            ]
-            message = f"not published on this node (ports {', '.join(ports)}): {reason}"
-            try:
-                kube.create_event(svc, reason="NotPublished", message=message)
-            except KubeError as exc:
-                log.warning("could not create an Event on %s/%s: %s", namespace, service, exc)
-                continue
-            log.warning("service %s/%s %s", namespace, service, message)
-            sent += 1
-        self._sent = current  # a reason that goes away and comes back is reported again
+        current = _left_out_by_service(view, left_out)
+        failed: set[tuple[str, str, str, str]] = set()
+        for key in sorted(set(current) - self._sent):
+            svc, ports = current[key]
+            if not self._send(kube, svc, ports, key[3]):
+                failed.add(key)
+        sent = len(set(current) - self._sent - failed)
+        self._sent = set(current) - failed
         return sent
+
+    def _send(self, kube: KubeWriter, svc: ServiceInfo, ports: list[str], reason: str) -> bool:
+        message = f"not published on node {self.node} (ports {', '.join(ports)}): {reason}"
+        try:
+            kube.create_event(svc, reason="NotPublished", message=message)
+        except KubeError as exc:
+            log.warning("could not create an Event on %s/%s: %s", svc.namespace, svc.name, exc)
+            return False
+        log.warning("service %s/%s %s", svc.namespace, svc.name, message)
+        return True
+
+
+def _left_out_by_service(
+    view: KubeView, left_out: tuple[LeftOut, ...]
+) -> dict[tuple[str, str, str, str], tuple[ServiceInfo, list[str]]]:
+    """(namespace, name, uid, reason) -> the Service and its left-out ports."""
+    result: dict[tuple[str, str, str, str], tuple[ServiceInfo, list[str]]] = {}
+    for lo in left_out:
+        svc = view.services.get(f"{lo.namespace}/{lo.service}")
+        if svc is not None:
+            key = (lo.namespace, lo.service, svc.uid, lo.reason)
+            result.setdefault(key, (svc, []))[1].append(lo.port)
+    return result
 
 
 def _describe(changes: Mapping[str, str | None]) -> str:

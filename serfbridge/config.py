@@ -45,6 +45,7 @@ class Settings:
     resync: float = 60.0
     debounce: float = 0.2
     max_wait: float = 2.0
+    failure_hold: float = 5.0
     tag_limit: int = 512
     tag_allow: str = DEFAULT_TAG_ALLOW
     replicas: int = 2
@@ -95,6 +96,7 @@ ENV_NAMES: dict[str, str] = {
     "resync": "SERFBRIDGE_RESYNC",
     "debounce": "SERFBRIDGE_DEBOUNCE",
     "max_wait": "SERFBRIDGE_MAX_WAIT",
+    "failure_hold": "SERFBRIDGE_FAILURE_HOLD",
     "tag_limit": "SERFBRIDGE_TAG_LIMIT",
     "tag_allow": "SERFBRIDGE_TAG_ALLOW",
     "replicas": "SERFBRIDGE_REPLICAS",

@@ -26,7 +26,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
@@ -40,7 +40,7 @@ from serfbridge.errors import ConfigError, KubeError, RPCError, SerfBridgeError
 from serfbridge.health import HealthServer, Metrics
 from serfbridge.plan_labels import K8S_TAG
 from serfbridge.rpc.client import SerfClient
-from serfbridge.rpc.models import MemberEvent, Reconnected
+from serfbridge.rpc.models import Member, MemberEvent, Reconnected
 
 log = logging.getLogger(__name__)
 MEMBER_FILTER = "member-join,member-leave,member-failed,member-update,member-reap"
@@ -99,9 +99,11 @@ class Daemon:
         self._last_error: dict[str, str] = {}
         self._self_member = ""
         self._last_skipped: dict[str, int] = {}
+        self._failed_since: dict[str, float] = {}
+        self._recheck_at: float | None = None
         self._last_notes: tuple[str, ...] = ()
         self._last_plan: dict[str, object] = {}
-        self._events = bridge.EventReporter()
+        self._events = bridge.EventReporter(settings.node_name)
         self.serf = SerfClient(
             settings.rpc_addr,
             auth_key=settings.rpc_auth,
@@ -124,6 +126,8 @@ class Daemon:
         self.metrics.budget.labels("limit").set(s.tag_limit)
         if self._kube_factory is not None:
             self.kube, self.cache = self._kube_factory(s)
+            cache = self.cache  # the gauge is read at scrape time, never stale
+            self.metrics.kube_synced.set_function(lambda: 1.0 if cache.synced else 0.0)
         listener = _listen_unix(s.handler_socket)
         self._spawn(self._follow_serf, "serf-follower")
         if self.cache is not None:
@@ -188,7 +192,11 @@ class Daemon:
         next_resync = time.monotonic() + self.settings.resync
         while not self.stopping.is_set():
             if self._reload_requested:
-                self._apply_reload()
+                self._apply_reload()  # a shorter resync counts from now, not after the old one
+                next_resync = min(next_resync, time.monotonic() + self.settings.resync)
+            if self._recheck_at is not None and time.monotonic() >= self._recheck_at:
+                self._recheck_at = None  # a held-back failure is now old enough to act on
+                self.poke("to-k8s", urgent=True)
             if time.monotonic() >= next_resync:
                 next_resync = time.monotonic() + self.settings.resync
                 for trigger in self.triggers.values():
@@ -203,6 +211,7 @@ class Daemon:
             timeout = min(
                 [w for w in waits if w is not None]
                 + [1.0, max(0.0, next_resync - time.monotonic())]
+                + ([max(0.0, self._recheck_at - time.monotonic())] if self._recheck_at else [])
             )
             self._wake.wait(timeout)
             self._wake.clear()
@@ -222,7 +231,12 @@ class Daemon:
             view = self._kube_view()
             if direction == "to-k8s":
                 label_plan, writes = bridge.label_pass(
-                    serf_view, view, self.kube, s, cache=self.cache
+                    serf_view,
+                    view,
+                    self.kube,
+                    s,
+                    cache=self.cache,
+                    unsettled=self._unsettled_failures(serf_view.members),
                 )
                 self._count_rejects(dict(label_plan.skipped))
                 if label_plan.notes != self._last_notes:
@@ -245,12 +259,25 @@ class Daemon:
             self._last_error.pop(direction, None)
             self.metrics.last_sync.labels(direction).set(self._last_ok[direction])
 
+    def _unsettled_failures(self, members: Sequence[Member]) -> set[str]:
+        """Failed members seen failed for less than --failure-hold; re-check when it ends."""
+        now = time.monotonic()
+        failed = {m.name for m in members if m.status == "failed"}
+        self._failed_since = {n: self._failed_since.get(n, now) for n in failed}
+        waiting = {
+            n: t + self.settings.failure_hold - now
+            for n, t in self._failed_since.items()
+            if now - t < self.settings.failure_hold
+        }
+        if waiting:
+            self._recheck_at = now + min(waiting.values())
+        return set(waiting)
+
     def _count_rejects(self, skipped: dict[str, int]) -> None:
         """Gossip that cannot become labels: counted, and logged when it changes."""
         if skipped != self._last_skipped:
             if skipped:
-                log.warning("gossip skipped (not valid label syntax or not allowed): %s",
-                            skipped)
+                log.warning("gossip skipped (not valid label syntax or not allowed): %s", skipped)
             self._last_skipped = skipped
             for reason, count in skipped.items():
                 self.metrics.gossip_rejects.labels(reason).inc(count)
@@ -264,7 +291,7 @@ class Daemon:
             "budget_used": plan.budget_used,
             "problems": list(plan.problems),
         }
-        if self.kube is not None and view.synced and plan.left_out:
+        if self.kube is not None and view.synced:  # also when empty: resets what was sent
             sent = self._events.report(self.kube, view, plan.left_out)
             self.metrics.writes.labels("to-serf").inc(sent)
 
@@ -282,7 +309,6 @@ class Daemon:
         if self.cache is None:
             return bridge.KubeView(nodes={}, synced=False)
         synced = bool(self.cache.synced)
-        self.metrics.kube_synced.set(1 if synced else 0)
         return bridge.KubeView(
             nodes=self.cache.nodes(),
             services=self.cache.services(),
@@ -337,7 +363,15 @@ class Daemon:
         except SerfBridgeError as exc:
             log.error("SIGHUP: config not reloaded: %s", exc)
             return
-        fixed = ("rpc_addr", "http_addr", "handler_socket", "kubeconfig", "node_name")
+        fixed = (
+            "rpc_addr",
+            "rpc_auth",
+            "tag_limit",
+            "http_addr",
+            "handler_socket",
+            "kubeconfig",
+            "node_name",
+        )  # the open client, listeners and cache use these
         changed = [k for k in fixed if getattr(new, k) != getattr(self.settings, k)]
         if changed:
             log.warning("SIGHUP: %s change only after a restart", ", ".join(changed))

@@ -16,13 +16,15 @@ import os
 import socket
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 MEMBER_EVENTS = ("member-join", "member-leave", "member-failed", "member-update", "member-reap")
 
 
-@dataclass(frozen=True)
-class SerfEvent:
+class SerfEvent(NamedTuple):
+    """What Serf told the handler. A named tuple, not a dataclass: ``dataclasses`` alone
+    costs several milliseconds of import on the hand-over path (bench/bench_handler.py)."""
+
     name: str  # SERF_EVENT
     self_name: str
     user_event: str | None = None

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from serfbridge import rendezvous
@@ -230,9 +230,19 @@ def diff_metadata(
 
 
 def plan_labels(
-    members: Sequence[Member], nodes: Mapping[str, NodeInfo], settings: LabelSettings
+    members: Sequence[Member],
+    nodes: Mapping[str, NodeInfo],
+    settings: LabelSettings,
+    *,
+    unsettled: Collection[str] = (),
 ) -> LabelPlan:
-    """The patches this bridge (``settings.self_node``) must make, and what it skipped."""
+    """The patches this bridge (``settings.self_node``) must make, and what it skipped.
+
+    ``unsettled`` names failed members whose failure is too recent to act on: when a
+    partition starts, peers are declared failed one by one over a few seconds, and a
+    failure label written in that window would slip past the partition guard. The daemon
+    holds failures back this way (``--failure-hold``); one-shot callers pass nothing.
+    """
     matched = match_members(members, nodes, settings)
     alive = sorted(n for n, m in matched.items() if m.status == "alive")
     # A member that left said goodbye: it is no sign of a partition, so it does not count.
@@ -250,6 +260,9 @@ def plan_labels(
     patches = []
     for name in sorted(nodes):
         member = matched.get(name)
+        if member is not None and member.name in unsettled:
+            notes.append(f"{name}: member {member.name} failed recently; waiting to be sure")
+            continue
         reason = _why_we_write(name, member, alive, guarded, settings)
         if reason is None:
             continue

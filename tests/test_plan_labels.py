@@ -232,3 +232,13 @@ def test_a_member_recorded_on_its_node_is_recognised_by_other_bridges() -> None:
     assert match_members([stranger], nodes, cfg())["k2"] is stranger
     other_cluster = member("cloudy-abc", k8s="other/k2")
     assert match_members([other_cluster], nodes, cfg()) == {}
+
+
+def test_a_recent_failure_is_held_back_until_it_settles() -> None:
+    members = cluster_members(k3="failed")
+    writer = rendezvous.rank("k3", ["k1", "k2"])[0]
+    held = plan_labels(members, NODES, cfg(writer), unsettled={"serf-k3"})
+    assert all(p.node != "k3" for p in held.patches)
+    assert any("failed recently" in note for note in held.notes)
+    settled = plan_labels(members, NODES, cfg(writer))
+    assert any(p.node == "k3" for p in settled.patches)

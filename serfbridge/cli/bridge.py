@@ -157,6 +157,14 @@ def _kube_cache(s: config.Settings, *, wait: float | None) -> tuple[Any, Any]:
     type=float,
     help="Longest a pass waits while events keep coming [default: 2].",
 )
+@click.option(
+    "--failure-hold",
+    envvar="SERFBRIDGE_FAILURE_HOLD",
+    show_envvar=True,
+    type=float,
+    help="Seconds a member must stay failed before another bridge labels its Node failed, "
+    "so a partition that takes down several peers one by one trips the guard [default: 5].",
+)
 @click.pass_context
 def run(ctx: click.Context, /, **_: object) -> None:
     """Run the bridge daemon (both directions unless switched off).

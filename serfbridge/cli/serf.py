@@ -73,7 +73,10 @@ def members(
 
 @cli.group()
 def tags() -> None:
-    """Change this agent's tags (merge semantics; oversized sets are refused before sending)."""
+    """Change this agent's tags (merge semantics; oversized sets are refused before sending).
+
+    Env: SERF_RPC_ADDR, SERF_RPC_AUTH.
+    """
 
 
 @tags.command("set")

@@ -282,8 +282,9 @@ class World:
             if not self._own_apiserver:  # a shared apiserver: leave no Nodes behind
                 for node in self.nodes:
                     with contextlib.suppress(Exception):
-                        self.client.request("DELETE", f"/api/v1/nodes/{node}", verb="delete",
-                                            resource="nodes")
+                        self.client.request(
+                            "DELETE", f"/api/v1/nodes/{node}", verb="delete", resource="nodes"
+                        )
             self.kube.close()
         self.serf.close()
         if self._own_apiserver:
