@@ -100,6 +100,7 @@ class Daemon:
         self._self_member = ""
         self._last_skipped: dict[str, int] = {}
         self._failed_since: dict[str, float] = {}
+        self._error_logged: dict[str, float] = {}
         self._recheck_at: float | None = None
         self._last_notes: tuple[str, ...] = ()
         self._last_plan: dict[str, object] = {}
@@ -256,7 +257,8 @@ class Daemon:
         self.metrics.writes.labels(direction).inc(writes)
         if ok:
             self._last_ok[direction] = time.time()
-            self._last_error.pop(direction, None)
+            if self._last_error.pop(direction, None) is not None:
+                log.info("%s pass succeeded again", direction)
             self.metrics.last_sync.labels(direction).set(self._last_ok[direction])
 
     def _unsettled_failures(self, members: Sequence[Member]) -> set[str]:
@@ -292,16 +294,27 @@ class Daemon:
             "problems": list(plan.problems),
         }
         if self.kube is not None and view.synced:  # also when empty: resets what was sent
-            sent = self._events.report(self.kube, view, plan.left_out)
-            self.metrics.writes.labels("to-serf").inc(sent)
+            self.metrics.kube_events.inc(self._events.report(self.kube, view, plan.left_out))
 
     def _on_error(self, direction: str, exc: SerfBridgeError) -> None:
         kind = type(exc).__name__
         self.metrics.errors.labels(kind).inc()
         if isinstance(exc, RPCError):
             self.metrics.rpc_connected.set(0)
-        self._last_error[direction] = f"{kind}: {exc}"
-        log.warning("%s pass failed: %s", direction, exc)
+        text = f"{kind}: {exc}"
+        now = time.monotonic()
+        repeat = self._last_error.get(direction) == text
+        self._last_error[direction] = text
+        # Retries are quick (the agent may be back any moment), so the log says a failure
+        # once, then only once a minute while it lasts, not at every retry.
+        if not repeat or now - self._error_logged.get(direction, 0.0) >= 60:
+            log.warning(
+                "%s pass failed: %s%s",
+                direction,
+                exc,
+                " (still failing; retrying)" if repeat else "",
+            )
+            self._error_logged[direction] = now
         if exc.temporary or isinstance(exc, KubeError | RPCError):
             self.triggers[direction].poke()  # retried after the quiet period
 

@@ -32,9 +32,14 @@ class Metrics:
             ["direction"],
             registry=r,
         )
+        self.kube_events = Counter(
+            "serfbridge_kube_events_total",
+            "Kubernetes Events created (entries not published)",
+            registry=r,
+        )
         self.writes = Counter(
             "serfbridge_writes_total",
-            "Writes sent (tags calls, Node patches, Events)",
+            "Writes sent: tags calls (to-serf), Node patches (to-k8s)",
             ["direction"],
             registry=r,
         )

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
-from serfbridge import cloudy, rendezvous
+from serfbridge import cloudy, placement, rendezvous
 from serfbridge.cloudy import Entry, TagChange
 from serfbridge.errors import ConfigError, SerfBridgeError, ServicesDecodeError
-from serfbridge.kubemodels import NodeInfo, ServiceInfo, SliceInfo
+from serfbridge.kubemodels import NodeInfo, ServiceInfo, ServicePort, SliceInfo
+from serfbridge.placement import NodeRoom, Want
 from serfbridge.plan_labels import K8S_TAG, LabelSettings, match_members
 from serfbridge.rpc.budget import DEFAULT_TAG_LIMIT, encoded_tags_size, merged_tags
 from serfbridge.rpc.models import Member
@@ -160,8 +161,8 @@ def _int_annotation(svc: ServiceInfo, key: str, default: int, problems: list[str
 
 def eligible_nodes(
     nodes: Mapping[str, NodeInfo], members: Sequence[Member], settings: PublishSettings
-) -> list[str]:
-    """Ready Nodes whose matched member of this cluster is alive."""
+) -> dict[str, Member]:
+    """Ready Nodes whose matched member of this cluster is alive, with that member."""
     label_settings = LabelSettings(
         self_node=settings.self_node,
         cluster=settings.cluster,
@@ -169,7 +170,7 @@ def eligible_nodes(
         self_member=settings.self_member,
     )
     matched = match_members(members, nodes, label_settings)
-    return sorted(n for n, m in matched.items() if m.status == "alive" and nodes[n].ready)
+    return {n: m for n, m in sorted(matched.items()) if m.status == "alive" and nodes[n].ready}
 
 
 def local_endpoint_nodes(svc: ServiceInfo, slices: Mapping[str, SliceInfo]) -> set[str]:
@@ -180,83 +181,146 @@ def local_endpoint_nodes(svc: ServiceInfo, slices: Mapping[str, SliceInfo]) -> s
     }  # fmt: skip
 
 
-def candidates_for_self(
+def wanted_ports(
     services: Mapping[str, ServiceInfo],
     slices: Mapping[str, SliceInfo],
-    nodes: Sequence[str],
+    pool: Mapping[str, Member],
     *,
-    self_ip: str,
     settings: PublishSettings,
-) -> tuple[list[Candidate], list[LeftOut], list[str]]:
-    """The entries placed on this node, plus what was skipped and annotation problems."""
-    chosen: list[Candidate] = []
+) -> tuple[list[Want], list[LeftOut], list[str]]:
+    """Every eligible Service port to place, what cannot be published at all, problems.
+
+    A port that cannot be published is reported by one node only, the first in its
+    rendezvous order, so a Service gets one Event, not one per node.
+    """
+    wants: list[Want] = []
     left: list[LeftOut] = []
     problems: list[str] = []
     for svc in sorted(services.values(), key=lambda s: (s.namespace, s.name)):
         reason = maybe_skip_reason(svc, settings)
         if reason is not None:
             if svc.type in ELIGIBLE_TYPES and reason == "no ports":
-                left.append(LeftOut(svc.namespace, svc.name, "", reason))
+                _maybe_report(left, svc, "", reason, list(pool), settings)
             continue
-        pool = nodes
+        nodes = list(pool)
         if svc.external_traffic_policy == "Local":
             local = local_endpoint_nodes(svc, slices)
-            pool = [n for n in nodes if n in local]
-        replicas = _int_annotation(svc, settings.key("replicas"), settings.replicas, problems)
-        priority = _int_annotation(svc, settings.key("priority"), 0, problems)
-        for cand in _service_entries(
-            svc, self_ip=self_ip, settings=settings, left=left, priority=priority
-        ):
-            key = f"{settings.cluster}/{svc.namespace}/{svc.name}/{cand.port}"
-            if settings.self_node in rendezvous.pick(key, pool, max(1, replicas)):
-                chosen.append(cand)
-    return chosen, left, problems
-
-
-def _service_entries(
-    svc: ServiceInfo, *, self_ip: str, settings: PublishSettings, left: list[LeftOut], priority: int
-) -> list[Candidate]:
-    result = []
-    seen: set[tuple[str, str]] = set()
-    lb_ip = svc.load_balancer_ips[0] if svc.type == "LoadBalancer" and svc.load_balancer_ips else ""
-    for port in svc.ports:
-        published = port.port if lb_ip else port.node_port
-        if not published:
-            left.append(LeftOut(svc.namespace, svc.name, str(port.port), "no node port"))
-            continue
-        description = svc.annotations.get(settings.key("description")) or (
-            svc.name if len(svc.ports) == 1 else f"{svc.name}_{port.name or port.port}"
+            nodes = [n for n in nodes if n in local]
+        replicas = max(
+            1, _int_annotation(svc, settings.key("replicas"), settings.replicas, problems)
         )
-        try:
-            entry = cloudy.make_entry(
-                description=description,
-                type=svc.annotations.get(settings.key("type"), "kubernetes"),
-                port=published,
-                host=f"{settings.self_node}.{settings.cloud_name}.local",
-                ip=lb_ip or self_ip,
-                microcloud=settings.cluster,
-                txt=cloudy.owner_txt(
-                    cluster=settings.cluster,
+        priority = _int_annotation(svc, settings.key("priority"), 0, problems)
+        seen: set[tuple[str, str]] = set()
+        for port in svc.ports:
+            template = _template(svc, port, settings, left, list(pool))
+            if template is None or template.key in seen:  # e.g. one port over TCP and UDP
+                continue
+            seen.add(template.key)
+            wants.append(
+                Want(
+                    key=f"{settings.cluster}/{svc.namespace}/{svc.name}/{port.port}",
                     namespace=svc.namespace,
                     service=svc.name,
-                    port=port.port,
-                ),
+                    port=str(port.port),
+                    priority=priority,
+                    replicas=replicas,
+                    pool=tuple(nodes),
+                    entry_for=_entry_maker(template, pool, settings, fixed_ip=bool(template.ip)),
+                )
             )
-        except SerfBridgeError as exc:
-            left.append(LeftOut(svc.namespace, svc.name, str(port.port), f"invalid: {exc}"))
+    return wants, left, problems
+
+
+def _template(
+    svc: ServiceInfo,
+    port: ServicePort,
+    settings: PublishSettings,
+    left: list[LeftOut],
+    pool: list[str],
+) -> Entry | None:
+    """The port's entry with this node's host; None (and reported) when it cannot be."""
+    lb_ip = svc.load_balancer_ips[0] if svc.type == "LoadBalancer" and svc.load_balancer_ips else ""
+    published = port.port if lb_ip else port.node_port
+    if not published:
+        _maybe_report(left, svc, str(port.port), "no node port", pool, settings)
+        return None
+    description = svc.annotations.get(settings.key("description")) or (
+        svc.name if len(svc.ports) == 1 else f"{svc.name}_{port.name or port.port}"
+    )
+    try:
+        return cloudy.make_entry(
+            description=description,
+            type=svc.annotations.get(settings.key("type"), "kubernetes"),
+            port=published,
+            host=f"{settings.self_node}.{settings.cloud_name}.local",
+            ip=lb_ip,
+            microcloud=settings.cluster,
+            txt=cloudy.owner_txt(
+                cluster=settings.cluster, namespace=svc.namespace, service=svc.name, port=port.port
+            ),
+        )
+    except SerfBridgeError as exc:
+        _maybe_report(left, svc, str(port.port), f"invalid: {exc}", pool, settings)
+        return None
+
+
+def _entry_maker(
+    template: Entry, pool: Mapping[str, Member], settings: PublishSettings, *, fixed_ip: bool
+) -> Callable[[str], Entry]:
+    def entry_for(node: str) -> Entry:
+        # Node names and member addresses are safe values: no need to sanitize again.
+        ip = template.ip if fixed_ip else pool[node].addr
+        return replace(template, host=f"{node}.{settings.cloud_name}.local", ip=ip)
+
+    return entry_for
+
+
+def _maybe_report(
+    left: list[LeftOut],
+    svc: ServiceInfo,
+    port: str,
+    reason: str,
+    pool: list[str],
+    settings: PublishSettings,
+) -> None:
+    key = f"{settings.cluster}/{svc.namespace}/{svc.name}/{port}"
+    if rendezvous.rank(key, pool)[:1] == [settings.self_node]:
+        left.append(LeftOut(svc.namespace, svc.name, port, reason))
+
+
+def node_rooms(
+    pool: Mapping[str, Member],
+    nodes: Mapping[str, NodeInfo],
+    settings: PublishSettings,
+    *,
+    own: NodeRoom,
+) -> dict[str, NodeRoom]:
+    """Every eligible node's budget as the gossip shows it; our own from our agent."""
+    rooms = {}
+    for name, member in pool.items():
+        if name == settings.self_node:
+            rooms[name] = own
             continue
-        if entry.key in seen:  # e.g. the same port over TCP and UDP: one Cloudy entry
+        try:
+            _, foreign, _ = _split_current(member.tags, settings.cluster)
+        except ServicesDecodeError:
+            rooms[name] = NodeRoom({}, (), writable=False)
             continue
-        seen.add(entry.key)
-        result.append(Candidate(entry, svc.namespace, svc.name, str(port.port), priority))
-    return result
+        others = {k: v for k, v in member.tags.items() if k != cloudy.SERVICES_TAG}
+        base, _, _ = desired_base_tags(others, nodes.get(name), settings, node_name=name)
+        rooms[name] = NodeRoom(base, tuple(foreign))
+    return rooms
 
 
 # --- the agent's tag set ------------------------------------------------------------------
 
 
 def desired_base_tags(
-    current: Mapping[str, str], node: NodeInfo | None, settings: PublishSettings
+    current: Mapping[str, str],
+    node: NodeInfo | None,
+    settings: PublishSettings,
+    *,
+    node_name: str | None = None,
 ) -> tuple[dict[str, str], tuple[str, ...], list[str]]:
     """Current tags with ``k8s`` and the Node's ``P/set-tags`` applied (services untouched).
 
@@ -286,7 +350,7 @@ def desired_base_tags(
     stale = [k for k in previously - set(wanted) if k not in RESERVED_TAGS]
     tags = merged_tags(
         current,
-        set_tags={**wanted, K8S_TAG: f"{settings.cluster}/{settings.self_node}"},
+        set_tags={**wanted, K8S_TAG: f"{settings.cluster}/{node_name or settings.self_node}"},
         delete=stale,
     )
     return tags, tuple(sorted(wanted)), problems
@@ -298,7 +362,7 @@ def fit_budget(
     """Our entries that fit next to the foreign ones, best priority first, then by name."""
     kept: list[Entry] = []
     left: list[LeftOut] = []
-    for cand in sorted(ours, key=lambda c: (-c.priority, c.namespace, c.service, c.port)):
+    for cand in sorted(ours, key=lambda c: -c.priority):  # stable: placement order kept
         trial = [*foreign, *kept, cand.entry]
         if encoded_tags_size({**base, cloudy.SERVICES_TAG: cloudy.encode_services(trial)}) <= limit:
             kept.append(cand.entry)
@@ -335,33 +399,43 @@ def plan_publish(
         nodes.get(settings.self_node),
         settings,
     )
-    self_ip = next((m.addr for m in members if m.name == settings.self_member), "")
-    ours, left, ann_problems = candidates_for_self(
-        services,
-        slices,
-        eligible_nodes(nodes, members, settings),
-        self_ip=self_ip,
-        settings=settings,
-    )
-    if not allow_removal:
+    pool = eligible_nodes(nodes, members, settings)
+    wants, left, ann_problems = wanted_ports(services, slices, pool, settings=settings)
+    rooms = node_rooms(pool, nodes, settings, own=NodeRoom(base, tuple(foreign)))
+    assigned, short = placement.place(wants, rooms, settings.tag_limit)
+    ours = [Candidate(e, "", "", e.port, 0) for e in assigned.get(settings.self_node, [])]
+    if not allow_removal:  # a partial view: keep what we publish, after what we plan
         planned = {c.entry.key for c in ours}
         ours += [
-            Candidate(e, "", "", e.port, 1 << 30)
+            Candidate(e, "", "", e.port, -1)
             for e in current_list
             if cloudy.is_owned_by(e, settings.cluster) and e.key not in planned
         ]
-    kept, over = fit_budget(base, foreign, ours, settings.tag_limit)
+    kept, _ = fit_budget(base, foreign, ours, settings.tag_limit)
+    left += [_shortfall(s, settings.tag_limit) for s in short if s.reporter == settings.self_node]
     final = [*foreign, *kept]
     services_change = _services_tag_change(current_tags, base, final, settings.tag_limit)
     change = _combine(current_tags, base, services_change)
     after = merged_tags(current_tags, set_tags=change.set_tags, delete=change.delete)
     return PublishPlan(
         tuple(kept),
-        tuple(left + over),
+        tuple(left),
         change,
         after,
         owned_tags,
         tuple(problems + tag_problems + ann_problems),
+    )
+
+
+def _shortfall(short: placement.Shortfall, limit: int) -> LeftOut:
+    want = short.want
+    where = f"on {len(short.placed)} of {want.replicas} nodes" if short.placed else "nowhere"
+    return LeftOut(
+        want.namespace,
+        want.service,
+        want.port,
+        f"budget exceeded: published {where}; every eligible node's tags are "
+        f"limited to {limit} bytes",
     )
 
 

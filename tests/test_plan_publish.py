@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -119,9 +120,10 @@ def test_never_published(service: ServiceInfo) -> None:
     assert publishers([service]) == {}
 
 
-def test_portless_nodeport_is_reported_not_published_with_port_0() -> None:
-    p = plan([svc("empty", type="NodePort")])
-    assert p.entries == () and [lo.reason for lo in p.left_out] == ["no ports"]
+def test_portless_nodeport_is_reported_once_not_published_with_port_0() -> None:
+    plans = [plan([svc("empty", type="NodePort")], self_node=n) for n in NODES]
+    assert all(p.entries == () for p in plans)
+    assert [lo.reason for p in plans for lo in p.left_out] == ["no ports"]  # one reporter
 
 
 def test_opt_in_when_default_is_off() -> None:
@@ -205,14 +207,59 @@ def test_budget_is_never_exceeded_and_overflow_is_reported_deterministically() -
         svc(f"app-{i:02d}", (80, 30000 + i), annotations={f"{P}/priority": "5"} if i == 39 else {})
         for i in range(40)
     ]
-    for n in NODES:
-        p = plan(services, self_node=n)
+    plans = {n: plan(services, self_node=n) for n in NODES}
+    copies: dict[str, int] = {}
+    for n, p in plans.items():
         assert encoded_tags_size(p.tags) <= 512
-        assert p.left_out and all("budget" in lo.reason for lo in p.left_out)
-        placed = {lo.service for lo in p.left_out} | {e.txt.split("/")[2] for e in p.entries}
-        if "app-39" in placed:  # the high-priority one is kept first
-            assert any("app-39" in e.txt for e in p.entries)
-        assert plan(services, self_node=n) == p
+        assert plan(services, self_node=n) == p  # deterministic
+        for e in p.entries:
+            copies[e.txt.split("/")[2]] = copies.get(e.txt.split("/")[2], 0) + 1
+    left = [lo for p in plans.values() for lo in p.left_out]
+    assert left and all("budget exceeded" in lo.reason for lo in left)
+    assert len({(lo.service, lo.port) for lo in left}) == len(left)  # each reported once
+    short = {s for s in (f"app-{i:02d}" for i in range(40)) if copies.get(s, 0) < 2}
+    assert {lo.service for lo in left} == short
+    assert copies["app-39"] == 2  # the high-priority one is placed first
+
+
+def test_full_nodes_spill_over_to_the_next_ranked_ones() -> None:
+    """Capacity grows with the cluster: 6 nodes publish more Services in full than 3."""
+
+    def in_full(n_nodes: int) -> int:
+        nodes = {
+            f"k{i}": NodeInfo(f"k{i}", f"k{i}", {}, {}, (("InternalIP", f"10.0.1.{i}"),), True)
+            for i in range(1, n_nodes + 1)
+        }
+        mems = [
+            Member(f"serf-k{i}", f"10.0.1.{i}", 7946, {"k8s": f"lab/k{i}"}, "alive")
+            for i in range(1, n_nodes + 1)
+        ]
+        best = 0
+        for count in range(1, 60):
+            names = [hashlib.sha1(str(j).encode()).hexdigest()[:10] for j in range(count)]
+            services = {f"default/{n}": svc(n, (80, 30000 + j)) for j, n in enumerate(names)}
+            settings = [
+                PublishSettings(self_node=n, cluster="lab", self_member=f"serf-{n}") for n in nodes
+            ]
+            plans = [
+                plan_publish(
+                    services=services,
+                    slices={},
+                    nodes=nodes,
+                    members=mems,
+                    current_tags={},
+                    settings=s,
+                )
+                for s in settings
+            ]
+            if any(p.left_out for p in plans):
+                break
+            assert sum(len(p.entries) for p in plans) == 2 * count
+            best = count
+        return best
+
+    three, six = in_full(3), in_full(6)
+    assert three >= 6 and six >= 1.6 * three
 
 
 def test_partial_view_removes_nothing() -> None:
