@@ -14,6 +14,7 @@ import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 
 from serfbridge import kube
+from serfbridge.kube_cache import KubeCache
 from serfbridge.lab.apiserver import LabApiServer
 
 NODES = 200
@@ -50,7 +51,7 @@ def measure_cache(client: kube.KubeClient) -> tuple[float, float, int]:
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
     began = time.monotonic()
-    cache = kube.KubeCache(client).start()
+    cache = KubeCache(client).start()
     if not cache.wait_synced(120):
         raise RuntimeError("cache did not sync")
     elapsed = time.monotonic() - began
@@ -63,7 +64,7 @@ def measure_cache(client: kube.KubeClient) -> tuple[float, float, int]:
 
 
 def requests_per_label_change(client: kube.KubeClient, changes: int = 20) -> float:
-    cache = kube.KubeCache(client).start()
+    cache = KubeCache(client).start()
     cache.wait_synced(60)
     before = sum(client.request_counts().values())
     for i in range(changes):

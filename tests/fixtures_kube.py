@@ -22,6 +22,7 @@ import pytest
 
 from serfbridge import kube
 from serfbridge.errors import KubeNotFound
+from serfbridge.kube_cache import KubeCache
 from serfbridge.lab.apiserver import LabApiServer, TokenUser, serfbridge_service_account
 
 _RUNNING: list[LabApiServer] = []
@@ -196,12 +197,12 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str =
 
 
 @pytest.fixture
-def start_cache() -> Iterator[Callable[..., kube.KubeCache]]:
+def start_cache() -> Iterator[Callable[..., KubeCache]]:
     """``start_cache(client, **options)`` -> a started KubeCache, stopped at teardown."""
-    caches: list[kube.KubeCache] = []
+    caches: list[KubeCache] = []
 
-    def start(client: kube.KubeClient, **options) -> kube.KubeCache:
-        cache = kube.KubeCache(client, **options).start()
+    def start(client: kube.KubeClient, **options) -> KubeCache:
+        cache = KubeCache(client, **options).start()
         caches.append(cache)
         return cache
 

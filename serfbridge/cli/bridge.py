@@ -111,10 +111,12 @@ def _settings(ctx: click.Context) -> config.Settings:
 
 def _kube_cache(s: config.Settings, *, wait: float | None) -> tuple[Any, Any]:
     """A started, watched Kubernetes cache; ``wait`` seconds for its first full list."""
-    from serfbridge import kube  # the kubernetes import is slow; only commands that need it
+    # The kubernetes import is slow: only the commands that need it pay for it.
+    from serfbridge import kube
+    from serfbridge.kube_cache import KubeCache
 
     client = kube.load_client(s.kubeconfig)
-    cache = kube.KubeCache(client).start()
+    cache = KubeCache(client).start()
     if wait is not None and not cache.wait_synced(wait):
         cache.stop(timeout=2)
         raise KubeUnavailable(f"kubernetes API not reachable or not listed within {wait:.0f}s")
