@@ -137,7 +137,8 @@ def plan_all(world: Mapping[str, Any], count: int) -> Tally:
                 self_node=node,
                 cluster=world["cluster"],
                 self_member=member.name,
-                replicas=REPLICAS,
+                # One node publishing alone (as avahi-ps does) can only hold one copy.
+                replicas=min(REPLICAS, len(world["members"])),
             ),
         )
         left += sum(1 for lo in plan.left_out if lo.reason.startswith("budget"))

@@ -18,10 +18,18 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from serfbridge.errors import ConfigError
-from serfbridge.plan_labels import DEFAULT_TAG_ALLOW, LabelSettings
-from serfbridge.plan_publish import PublishSettings
+
+if TYPE_CHECKING:  # the planners load only for the commands that plan
+    from serfbridge.plan_labels import LabelSettings
+    from serfbridge.plan_publish import PublishSettings
+
+#: The default --tag-allow, also plan_labels' (defined here, which must not import the
+#: planners at load time): every tag but
+#: Cloudy's bulky `services` list and our own `k8s`.
+DEFAULT_TAG_ALLOW = r"(?!(services|k8s)$).*"
 
 DEFAULT_CONFIG = "/etc/serfbridge/config"
 #: systemd's LoadCredential=serf-rpc-auth:... lands here when the unit uses it.
@@ -56,6 +64,8 @@ class Settings:
     cloud_name: str = "guifi"
 
     def label_settings(self, self_member: str | None) -> LabelSettings:
+        from serfbridge.plan_labels import LabelSettings
+
         return LabelSettings(
             self_node=self.node_name,
             cluster=self.cluster,
@@ -65,6 +75,8 @@ class Settings:
         )
 
     def publish_settings(self, self_member: str | None) -> PublishSettings:
+        from serfbridge.plan_publish import PublishSettings
+
         return PublishSettings(
             self_node=self.node_name,
             cluster=self.cluster,

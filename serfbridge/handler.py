@@ -16,20 +16,42 @@ import os
 import socket
 import sys
 from collections.abc import Mapping
-from typing import NamedTuple
 
 MEMBER_EVENTS = ("member-join", "member-leave", "member-failed", "member-update", "member-reap")
 
 
-class SerfEvent(NamedTuple):
-    """What Serf told the handler. A named tuple, not a dataclass: ``dataclasses`` alone
-    costs several milliseconds of import on the hand-over path (bench/bench_handler.py)."""
+class SerfEvent:
+    """What Serf told the handler. A plain class, not a dataclass or named tuple: on the
+    hand-over path every import counts (``dataclasses`` and ``typing`` cost several
+    milliseconds between them; bench/bench_handler.py)."""
 
-    name: str  # SERF_EVENT
-    self_name: str
-    user_event: str | None = None
-    query: str | None = None
-    members: tuple[str, ...] = ()  # names from stdin, for the log only
+    __slots__ = ("members", "name", "query", "self_name", "user_event")
+
+    def __init__(
+        self,
+        name: str,
+        self_name: str,
+        user_event: str | None = None,
+        query: str | None = None,
+        members: tuple[str, ...] = (),
+    ) -> None:
+        self.name = name  # SERF_EVENT
+        self.self_name = self_name
+        self.user_event = user_event
+        self.query = query
+        self.members = members  # names from stdin, for the log only
+
+    def _fields(self) -> tuple[object, ...]:
+        return (self.name, self.self_name, self.user_event, self.query, self.members)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SerfEvent) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return f"SerfEvent{self._fields()!r}"
 
     @property
     def is_member_event(self) -> bool:

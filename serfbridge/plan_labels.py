@@ -31,14 +31,12 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from serfbridge import rendezvous
+from serfbridge.config import DEFAULT_TAG_ALLOW  # every tag but `services` and `k8s`
 from serfbridge.errors import ConfigError
 from serfbridge.kubemodels import NodeInfo
 from serfbridge.rpc.models import Member
 
 K8S_TAG = "k8s"
-#: Default --tag-allow: every tag but Cloudy's bulky `services` list and our own `k8s`
-#: (whose `<cluster>/<node>` value is never a valid label value anyway).
-DEFAULT_TAG_ALLOW = r"(?!(services|k8s)$).*"
 _LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
 _LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")

@@ -7,13 +7,12 @@ import logging
 import os
 import sys
 import time
-import urllib.request
 from collections.abc import Callable
 from typing import Any
 
 import click
 
-from serfbridge import bridge, config, logs
+from serfbridge import config, logs
 from serfbridge.cli.base import CliState, _client, cli, explicit_values
 from serfbridge.errors import KubeUnavailable
 
@@ -208,6 +207,8 @@ def sync(ctx: click.Context, /, once: bool, dry_run: bool, timeout: float, **_: 
     Env: SERF_RPC_ADDR, SERF_RPC_AUTH, KUBECONFIG, SERFBRIDGE_CLUSTER, SERFBRIDGE_NODE_NAME
     and every option's variable above.
     """
+    from serfbridge import bridge  # the planners load only for the commands that plan
+
     s = _settings(ctx)
     client, cache = _kube_cache(s, wait=timeout)
     try:
@@ -322,6 +323,8 @@ def status(ctx: click.Context, /, as_json: bool, **_: object) -> None:
 
 def _daemon_status(http_addr: str) -> dict[str, Any] | None:
     try:
+        import urllib.request  # slow to import; only `status` needs it
+
         with urllib.request.urlopen(f"http://{http_addr}/status", timeout=2) as reply:
             return {**json.loads(reply.read()), "source": f"daemon at {http_addr}"}
     except (OSError, ValueError):
@@ -329,6 +332,8 @@ def _daemon_status(http_addr: str) -> dict[str, Any] | None:
 
 
 def _computed_status(ctx: click.Context, s: config.Settings) -> dict[str, Any]:
+    from serfbridge import bridge  # the planners load only for the commands that plan
+
     client, cache = _kube_cache(s, wait=30)
     try:
         view = bridge.KubeView(
@@ -366,7 +371,10 @@ def handle(ctx: click.Context, /, **_: object) -> None:
     and stdin as Serf provides them. Env: SERFBRIDGE_HANDLER_SOCKET, SERF_RPC_ADDR,
     SERF_RPC_AUTH, KUBECONFIG, SERFBRIDGE_CLUSTER, SERFBRIDGE_NODE_NAME.
     """
-    from serfbridge import handler
+    from serfbridge import (
+        bridge,  # the planners load only for the commands that plan
+        handler,
+    )
 
     stdin = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
     event = handler.parse_event(os.environ, stdin)
