@@ -453,11 +453,11 @@ class Daemon:
                 conn.settimeout(2.0)
                 try:
                     event = json.loads(_read_line(conn) or "{}")
-                    log.info("event handed over by the handler: %s", event.get("event"))
+                    conn.sendall(b"ok\n")  # first: Serf's event loop waits on the handler
                     self.poke("to-k8s")
                     if str(event.get("event", "")).startswith("member-"):
                         self.poke("to-serf")
-                    conn.sendall(b"ok\n")
+                    log.info("event handed over by the handler: %s", event.get("event"))
                 except (OSError, ValueError) as exc:
                     log.debug("handler socket: %s", exc)
 
