@@ -13,6 +13,7 @@ Pure: data in, an assignment out. Used by ``plan_publish``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -81,5 +82,12 @@ def place(
 def _fits(room: NodeRoom, ours: Sequence[Entry], limit: int) -> bool:
     if not room.writable:
         return False
-    value = cloudy.encode_services([*room.foreign, *ours])
+    value = _encoded((*room.foreign, *ours))
     return encoded_tags_size({**room.base, cloudy.SERVICES_TAG: value}) <= limit
+
+
+@functools.lru_cache(maxsize=2048)
+def _encoded(entries: tuple[Entry, ...]) -> str:
+    """bzip2 is the cost of placement; every pass of every bridge tries the same lists
+    again while nothing changes, so the steady state costs almost nothing."""
+    return cloudy.encode_services(entries)
