@@ -16,7 +16,7 @@ import os
 import shlex
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -200,7 +200,3 @@ def credential_auth(env: Mapping[str, str] | None = None) -> str | None:
         return None
     except OSError as exc:
         raise ConfigError(f"cannot read credential {path}: {exc.strerror}") from exc
-
-
-def with_changes(settings: Settings, **changes: object) -> Settings:
-    return replace(settings, **changes)  # type: ignore[arg-type]

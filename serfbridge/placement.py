@@ -71,7 +71,7 @@ def place(
             if len(placed) == want.replicas:
                 break
             entry = want.entry_for(node)
-            if _fits(rooms[node], [*assigned[node], entry], limit):
+            if fits(rooms[node], [*assigned[node], entry], limit):
                 assigned[node].append(entry)
                 placed.append(node)
         if len(placed) < want.replicas and ranking:
@@ -79,7 +79,8 @@ def place(
     return assigned, short
 
 
-def _fits(room: NodeRoom, ours: Sequence[Entry], limit: int) -> bool:
+def fits(room: NodeRoom, ours: Sequence[Entry], limit: int) -> bool:
+    """True when the room's tags, with ``ours`` after its foreign entries, fit ``limit``."""
     if not room.writable:
         return False
     value = _encoded((*room.foreign, *ours))

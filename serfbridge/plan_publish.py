@@ -72,17 +72,6 @@ class LeftOut:
 
 
 @dataclass(frozen=True)
-class Candidate:
-    """One entry this node is placed to publish, with its ordering keys."""
-
-    entry: Entry
-    namespace: str
-    service: str
-    port: str
-    priority: int
-
-
-@dataclass(frozen=True)
 class PublishPlan:
     entries: tuple[Entry, ...]  # our owned entries on this node, as they will be published
     left_out: tuple[LeftOut, ...]
@@ -356,26 +345,13 @@ def desired_base_tags(
     return tags, tuple(sorted(wanted)), problems
 
 
-def fit_budget(
-    base: Mapping[str, str], foreign: Sequence[Entry], ours: Sequence[Candidate], limit: int
-) -> tuple[list[Entry], list[LeftOut]]:
-    """Our entries that fit next to the foreign ones, best priority first, then by name."""
+def fit_in_order(room: NodeRoom, entries: Sequence[Entry], limit: int) -> list[Entry]:
+    """The entries that fit next to the room's foreign ones, taken in the order given."""
     kept: list[Entry] = []
-    left: list[LeftOut] = []
-    for cand in sorted(ours, key=lambda c: -c.priority):  # stable: placement order kept
-        trial = [*foreign, *kept, cand.entry]
-        if encoded_tags_size({**base, cloudy.SERVICES_TAG: cloudy.encode_services(trial)}) <= limit:
-            kept.append(cand.entry)
-        else:
-            left.append(
-                LeftOut(
-                    cand.namespace,
-                    cand.service,
-                    cand.port,
-                    f"budget exceeded: this node's tags are limited to {limit} bytes",
-                )
-            )
-    return kept, left
+    for entry in entries:
+        if placement.fits(room, [*kept, entry], limit):
+            kept.append(entry)
+    return kept
 
 
 def plan_publish(
@@ -401,17 +377,18 @@ def plan_publish(
     )
     pool = eligible_nodes(nodes, members, settings)
     wants, left, ann_problems = wanted_ports(services, slices, pool, settings=settings)
-    rooms = node_rooms(pool, nodes, settings, own=NodeRoom(base, tuple(foreign)))
+    own = NodeRoom(base, tuple(foreign))
+    rooms = node_rooms(pool, nodes, settings, own=own)
     assigned, short = placement.place(wants, rooms, settings.tag_limit)
-    ours = [Candidate(e, "", "", e.port, 0) for e in assigned.get(settings.self_node, [])]
+    ours = assigned.get(settings.self_node, [])
     if not allow_removal:  # a partial view: keep what we publish, after what we plan
-        planned = {c.entry.key for c in ours}
-        ours += [
-            Candidate(e, "", "", e.port, -1)
+        planned = {e.key for e in ours}
+        ours = ours + [
+            e
             for e in current_list
             if cloudy.is_owned_by(e, settings.cluster) and e.key not in planned
         ]
-    kept, _ = fit_budget(base, foreign, ours, settings.tag_limit)
+    kept = fit_in_order(own, ours, settings.tag_limit)
     left += [_shortfall(s, settings.tag_limit) for s in short if s.reporter == settings.self_node]
     final = [*foreign, *kept]
     services_change = _services_tag_change(current_tags, base, final, settings.tag_limit)

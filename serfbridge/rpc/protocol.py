@@ -285,9 +285,9 @@ class Connection:
                 self._echoes.add(seq)
             if command in _RECORD_PARSERS and not error:
                 self._streams[seq] = command
+            target = self._stopping.pop(seq, -1)
             if command == "stop" and not error:
-                self._on_stopped(self._stopping.pop(seq, -1))
-            self._stopping.pop(seq, None)
+                self._on_stopped(target)
             self._events.append(Reply(seq, command, error))
 
     def _on_setup_reply(self, seq: int, command: str, error: str) -> None:
@@ -318,11 +318,6 @@ class Connection:
             self._events.append(StreamEnded(seq))
 
     # --- introspection -----------------------------------------------------------------
-
-    @property
-    def outstanding(self) -> int:
-        """Requests sent (or held) that have not been answered yet."""
-        return len(self._pending)
 
     def is_stream(self, seq: int) -> bool:
         return seq in self._streams
