@@ -47,7 +47,7 @@ docs: install
 	$(PY) -m serfbridge.cli.reference > docs/configuration.md
 
 demo: install deps kube-apiserver
-	$(PY) -m serfbridge.lab.demo
+	$(PY) -m tests.lab.demo
 
 # Three serf agents in Docker (docker-compose.yml), driven from the host through
 # SERF_RPC_ADDR. Needs Docker with the compose plugin. Not run in CI: no Docker there.

@@ -1,4 +1,4 @@
-"""Benchmark of the Kubernetes adapter against the real apiserver (serfbridge.lab).
+"""Benchmark of the Kubernetes adapter against the real apiserver (tests.lab).
 
 Measures, with 200 Nodes and 200 then 2,000 Services: KubeCache memory (tracemalloc
 delta of the synced cache) and time from start() to the first ``synced``; and the API
@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from serfbridge import kube
 from serfbridge.kube_cache import KubeCache
-from serfbridge.lab.apiserver import LabApiServer
+from tests.lab.apiserver import LabApiServer
 
 NODES = 200
 SERVICE_STEPS = (200, 2000)

@@ -42,7 +42,7 @@ from serfbridge.cloudy import (
     owner_txt,
 )
 from serfbridge.kube import parse_node, parse_service
-from serfbridge.lab.bridges import World, node_body
+from tests.lab.bridges import World, node_body
 from serfbridge.plan_publish import PublishSettings, plan_publish
 from serfbridge.rpc.budget import DEFAULT_TAG_LIMIT, encoded_tags_size
 from serfbridge.rpc.client import SerfClient

@@ -24,7 +24,7 @@ import msgpack
 from serfclient import SerfClient as PyPISerf
 from serfclient.connection import SerfConnection
 
-from serfbridge.lab.serfagents import SERF_BIN, SerfCluster
+from tests.lab.serfagents import SERF_BIN, SerfCluster
 from serfbridge.rpc.client import SerfClient, split_addr
 from serfbridge.rpc.protocol import Connection, Ready, Reply, encode_reply
 

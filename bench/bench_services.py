@@ -47,7 +47,7 @@ from serfbridge.cloudy import (
     search_json,
 )
 from serfbridge.errors import BudgetError
-from serfbridge.lab.serfagents import SerfAgent, SerfCluster
+from tests.lab.serfagents import SerfAgent, SerfCluster
 from serfbridge.rpc.budget import DEFAULT_TAG_LIMIT, encoded_tags_size
 from serfbridge.rpc.client import SerfClient
 

@@ -1,4 +1,4 @@
-"""pytest fixtures for the real kube-apiserver (serfbridge.lab.apiserver), loaded by conftest.
+"""pytest fixtures for the real kube-apiserver (tests.lab.apiserver), loaded by conftest.
 
 - ``kube_apiserver``: one AlwaysAllow apiserver + etcd for the whole session.
 - ``rbac_apiserver`` / ``nowatch_apiserver``: started on demand (module scope) for RBAC
@@ -23,7 +23,7 @@ import pytest
 from serfbridge import kube
 from serfbridge.errors import KubeNotFound
 from serfbridge.kube_cache import KubeCache
-from serfbridge.lab.apiserver import LabApiServer, TokenUser, serfbridge_service_account
+from tests.lab.apiserver import LabApiServer, TokenUser, serfbridge_service_account
 
 _RUNNING: list[LabApiServer] = []
 _NAMES = itertools.count(1)

@@ -1,4 +1,4 @@
-"""pytest fixtures for real Serf agents; the harness itself is ``serfbridge.lab.serfagents``.
+"""pytest fixtures for real Serf agents; the harness itself is ``tests.lab.serfagents``.
 
 Loaded through ``pytest_plugins`` in ``tests/conftest.py``. A missing ``serf`` binary fails
 the test (never skips). When a test fails, every agent's log tail is added to its report.
@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from serfbridge.lab.serfagents import SERF_BIN, AgentSpec, SerfCluster
+from tests.lab.serfagents import SERF_BIN, AgentSpec, SerfCluster
 
 _CLUSTERS = pytest.StashKey[list[SerfCluster]]()
 

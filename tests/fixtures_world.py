@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from serfbridge.lab.bridges import World
+from tests.lab.bridges import World
 
 _PREFIX = itertools.count(1)
 

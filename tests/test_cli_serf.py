@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from serfbridge.cli import cli
-from serfbridge.lab.serfagents import AgentSpec, SerfCluster
+from tests.lab.serfagents import AgentSpec, SerfCluster
 
 
 def run(*args: str, env: dict[str, str] | None = None):

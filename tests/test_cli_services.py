@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from serfbridge import cloudy
 from serfbridge.cli import cli
-from serfbridge.lab.serfagents import SerfCluster
+from tests.lab.serfagents import SerfCluster
 from serfbridge.rpc.budget import encoded_tags_size
 from serfbridge.rpc.client import SerfClient
 

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from serfbridge.lab.apiserver import LabApiServer
-from serfbridge.lab.bridges import BridgeProcess, World
-from serfbridge.lab.serfagents import AgentSpec
+from tests.lab.apiserver import LabApiServer
+from tests.lab.bridges import BridgeProcess, World
+from tests.lab.serfagents import AgentSpec
 
 pytestmark = pytest.mark.integration
 

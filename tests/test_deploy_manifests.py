@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from serfbridge.lab.apiserver import serfbridge_service_account
+from tests.lab.apiserver import serfbridge_service_account
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from serfbridge.errors import KubeForbidden
-from serfbridge.lab.apiserver import SERVICE_ACCOUNT_USER
+from tests.lab.apiserver import SERVICE_ACCOUNT_USER
 from tests.fixtures_kube import KubeObjects, client_for, wait_until
 
 pytestmark = pytest.mark.integration

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from serfbridge.lab.apiserver import LabApiServer, MissingComponent, free_port
+from tests.lab.apiserver import LabApiServer, MissingComponent, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""The real-Serf harness (serfbridge.lab.serfagents + tests/fixtures_serf.py) does what it says.
+"""The real-Serf harness (tests.lab.serfagents + tests/fixtures_serf.py) does what it says.
 
 Independent of serfbridge.rpc: membership is read with the harness's raw RPC helper.
 """
@@ -11,7 +11,7 @@ import shlex
 
 import pytest
 
-from serfbridge.lab.serfagents import AgentSpec, SerfCluster, raw_request
+from tests.lab.serfagents import AgentSpec, SerfCluster, raw_request
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 
 from serfbridge.errors import AuthError, BudgetError, QueryError, TagsTooLarge
-from serfbridge.lab.serfagents import AgentSpec, SerfCluster
+from tests.lab.serfagents import AgentSpec, SerfCluster
 from serfbridge.rpc.budget import encoded_tags_size
 from serfbridge.rpc.client import SerfClient, Stream
 from serfbridge.rpc.models import (

@@ -13,8 +13,8 @@ from click.testing import CliRunner
 
 from serfbridge import rendezvous
 from serfbridge.cli import cli
-from serfbridge.lab.bridges import World
-from serfbridge.lab.serfagents import AgentSpec
+from tests.lab.bridges import World
+from tests.lab.serfagents import AgentSpec
 from serfbridge.rpc.client import SerfClient
 
 pytestmark = pytest.mark.integration

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from serfbridge import kube
-from serfbridge.lab.apiserver import LabApiServer
-from serfbridge.lab.serfagents import AgentSpec, SerfCluster, free_port
+from tests.lab.apiserver import LabApiServer
+from tests.lab.serfagents import AgentSpec, SerfCluster, free_port
 
 CLUSTER = "lab"
 #: Fast loops for tests and the demo; on the command line, so they beat any config file.

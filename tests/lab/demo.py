@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from serfbridge.lab.bridges import World
+from tests.lab.bridges import World
 
 P = "serfbridge.io"
 SERVICE = {
