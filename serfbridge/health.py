@@ -137,8 +137,9 @@ class _BoundedServer(ThreadingHTTPServer):
         super().process_request(request, client_address)
 
     def handle_error(self, request: object, client_address: object) -> None:
-        # A client cut off or gone mid-request; socketserver would print a traceback.
-        log.debug("http: request from %s failed", client_address, exc_info=True)
+        # A client cut off or gone mid-request. socketserver would print a traceback; a
+        # line per client, even at DEBUG, would let a flood of clients flood the log.
+        self._metrics.refused.labels("http", "error").inc()
 
     def shutdown_request(self, request: socket.socket) -> None:  # type: ignore[override]
         with self._open_lock:
