@@ -194,6 +194,7 @@ class Connection:
     _events: list[Event] = field(init=False, default_factory=list)
     _unpacker: msgpack.Unpacker = field(init=False)
     _fed: int = field(init=False, default=0)  # bytes fed to the unpacker so far
+    _started: int = field(init=False, default=0)  # where the message being read began
     _items: int = field(init=False, default=0)  # decoded in the message being read
 
     def __post_init__(self) -> None:
@@ -256,12 +257,11 @@ class Connection:
         try:
             self._unpacker.feed(data)
             self._fed += len(data)
-            start = self._unpacker.tell()
             for obj in self._unpacker:
-                self._check_size(self._unpacker.tell() - start)
-                start, self._items = self._unpacker.tell(), 0
+                self._check_size(self._unpacker.tell() - self._started)
+                self._started, self._items = self._unpacker.tell(), 0
                 self._on_object(obj)
-            self._check_size(self._fed - start)  # the part of a message still to come
+            self._check_size(self._fed - self._started)  # a message not yet complete
         except ProtocolError:
             self.state = State.FAILED
             raise
