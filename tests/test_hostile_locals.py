@@ -149,7 +149,10 @@ def test_the_handler_socket_takes_only_the_agents_user(world) -> None:
         assert localusers.run_as("nobody", connect.format(path=b.socket)).stdout.strip() == (
             "b'denied\\n'"
         )
-        code = f"from serfbridge import handoff\nprint(handoff.hand_over({b.socket!r}, 'member-join', ()))"
+        code = (
+            "from serfbridge import handoff\n"
+            f"print(handoff.hand_over({b.socket!r}, 'member-join', ()))"
+        )
         assert localusers.run_as("daemon", code).stdout.strip() == "True"
         _, metrics = b.get("/metrics")
         assert 'serfbridge_local_refusals_total{listener="handler",reason="denied"} 1.0' in metrics
@@ -290,7 +293,8 @@ def wait4_run(argv: list[str], out: Path, err: Path) -> tuple[int, float, int]:
     rss = out.with_suffix(".rss")
     start = time.monotonic()
     with out.open("wb") as o, err.open("wb") as e:
-        code = subprocess.call([localusers.PYTHON, "-c", WAIT4, str(rss), *argv], stdout=o, stderr=e)
+        wrapped = [localusers.PYTHON, "-c", WAIT4, str(rss), *argv]
+        code = subprocess.call(wrapped, stdout=o, stderr=e)
     return code, time.monotonic() - start, int(rss.read_text())
 
 

@@ -112,9 +112,9 @@ def test_the_client_sends_nothing_to_a_port_nobody_holds(listen: str, dual: bool
     squatter = squat(listen, port, dual=dual)
     try:
         start = time.monotonic()
-        with SerfClient(f"127.0.0.1:{port}", auth_key="s3cret", timeout=2) as client:
-            with pytest.raises(UntrustedAgent, match=r"uid 65534 \(nobody\).*nothing was sent"):
-                client.members()
+        refused = pytest.raises(UntrustedAgent, match=r"uid 65534 \(nobody\).*nothing was sent")
+        with SerfClient(f"127.0.0.1:{port}", auth_key="s3cret", timeout=2) as client, refused:
+            client.members()
         assert time.monotonic() - start < 1.0
         assert squatter.stdout is not None
         seen = squatter.stdout.readline().split()  # printed once we hung up
@@ -128,11 +128,32 @@ def test_a_configured_agent_user_may_own_the_port() -> None:
     squatter = squat("127.0.0.1", port)
     trusted = localpeers.trusted_uids(["nobody"])
     try:
-        with SerfClient(f"127.0.0.1:{port}", timeout=0.5, trusted_uids=trusted) as client:
-            with pytest.raises(Exception, match="did not answer in time"):
-                client.members()  # the handshake went out; the squatter just reads
+        silent = pytest.raises(Exception, match="did not answer in time")
+        with SerfClient(f"127.0.0.1:{port}", timeout=0.5, trusted_uids=trusted) as client, silent:
+            client.members()  # the handshake went out; the squatter just reads
         assert squatter.stdout is not None
         seen = squatter.stdout.readline().split()
     finally:
         localusers.stop(squatter)
     assert seen[0] == "connection" and int(seen[1]) > 0
+
+
+def test_an_unknown_agent_user_is_bad_input() -> None:
+    from click.testing import CliRunner
+
+    from serfbridge.cli import cli
+
+    result = CliRunner().invoke(
+        cli, ["--config", "/dev/null", "--agent-user", "no-such-user-here", "members"]
+    )
+    assert result.exit_code == 2
+    assert result.output == "error: --agent-user 'no-such-user-here': no such user on this host\n"
+
+
+def test_agent_users_come_from_the_env_and_the_config_file(tmp_path) -> None:
+    from serfbridge import config
+
+    path = tmp_path / "config"
+    path.write_text("SERFBRIDGE_AGENT_USER=nobody daemon\n")
+    settings = config.merge({}, config.read_config_file(str(path)))
+    assert settings.agent_users == {"nobody", "daemon"}
