@@ -22,8 +22,6 @@ from __future__ import annotations
 import json
 import socket
 
-from serfbridge.errors import HandoffError
-
 MEMBER_EVENTS = ("member-join", "member-leave", "member-failed", "member-update", "member-reap")
 #: One request line, newline included. A coalesced event with hundreds of members still
 #: fits its names' first part; the rest is counted.
@@ -61,6 +59,8 @@ class HandOff:
 
 def decode_request(line: bytes) -> HandOff:
     """A request line (without its ``\\n``) -> ``HandOff``; anything else -> HandoffError."""
+    from serfbridge.errors import HandoffError  # server side only: the client never loads it
+
     if len(line) >= MAX_REQUEST:
         raise HandoffError(f"request longer than {MAX_REQUEST} bytes")
     try:

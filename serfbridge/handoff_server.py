@@ -114,7 +114,8 @@ class HandoffServer:
     def stop(self) -> None:
         self._stopping.set()
         self._sock.close()
-        self._thread.join(timeout=2)
+        if self._thread.is_alive():
+            self._thread.join(timeout=2)
         with contextlib.suppress(OSError):
             os.unlink(self.path)
 
