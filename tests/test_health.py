@@ -74,13 +74,14 @@ def test_the_accept_loop_survives_running_out_of_descriptors(server) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     hog: list[int] = []
     try:
-        with socket.create_connection(("127.0.0.1", server.port)) as waiting:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as waiting:
             resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
             try:
                 while True:
                     hog.append(os.open("/dev/null", os.O_RDONLY))
             except OSError as exc:
                 assert exc.errno == errno.EMFILE
+            waiting.connect(("127.0.0.1", server.port))  # queued: no descriptor to accept it
             waiting.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
             time.sleep(0.5)
             assert refusals(server, "exhausted") >= 1
