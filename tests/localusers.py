@@ -1,13 +1,15 @@
 """Real local users for the tests: run a small stdlib-only Python script as ``nobody``.
 
-``setpriv`` switches uid, gid and groups for one process; the script gets the
-repository on ``sys.path`` (the worktree is world-readable) and runs with the system
-Python, so no venv has to be reachable by that user. Paths the user must reach live
-in ``shared_dir``, a world-traversable directory (pytest's own tmp dirs are 0700).
+``setpriv`` switches uid, gid and groups for one process; the script runs with the
+system Python (a venv under /root would be out of that user's reach) and finds
+``serfbridge`` in a world-readable copy of the package, wherever the checkout lives.
+Paths the user must reach live in ``shared_dir``, a world-traversable directory
+(pytest's own tmp dirs are 0700).
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import pwd
 import shutil
@@ -30,8 +32,25 @@ def as_user(user: str, argv: Sequence[str]) -> list[str]:
     return ["setpriv", f"--reuid={user}", f"--regid={group}", "--clear-groups", *argv]
 
 
+_COPY: list[Path] = []
+
+
+def _readable_package_root() -> Path:
+    """A directory holding a copy of ``serfbridge`` that any user can read (made once)."""
+    if not _COPY:
+        root = Path(tempfile.mkdtemp(prefix="serfbridge-pkg-"))
+        shutil.copytree(
+            ROOT / "serfbridge", root / "serfbridge", ignore=shutil.ignore_patterns("__pycache__")
+        )
+        for path in [root, *root.rglob("*")]:
+            os.chmod(path, 0o755 if path.is_dir() else 0o644)
+        atexit.register(shutil.rmtree, root, True)
+        _COPY.append(root)
+    return _COPY[0]
+
+
 def python_as(user: str, code: str) -> list[str]:
-    prelude = f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
+    prelude = f"import sys; sys.path.insert(0, {str(_readable_package_root())!r})\n"
     return as_user(user, [PYTHON, "-c", prelude + code])
 
 
