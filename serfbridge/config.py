@@ -48,6 +48,9 @@ class Settings:
     verbose: int = 0
     http_addr: str = "127.0.0.1:9473"
     handler_socket: str = "/run/serfbridge/handler.sock"
+    #: Users the local serf agent may run as besides root and our own user: they may use
+    #: the handler socket and own the agent's RPC port (``localpeers``).
+    agent_users: frozenset[str] = frozenset()
     to_serf: bool = True
     to_k8s: bool = True
     resync: float = 60.0
@@ -103,6 +106,7 @@ ENV_NAMES: dict[str, str] = {
     "log_format": "SERFBRIDGE_LOG_FORMAT",
     "http_addr": "SERFBRIDGE_HTTP_ADDR",
     "handler_socket": "SERFBRIDGE_HANDLER_SOCKET",
+    "agent_users": "SERFBRIDGE_AGENT_USER",
     "to_serf": "SERFBRIDGE_TO_SERF",
     "to_k8s": "SERFBRIDGE_TO_K8S",
     "resync": "SERFBRIDGE_RESYNC",

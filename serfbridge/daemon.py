@@ -18,25 +18,22 @@ anything itself, or write while the Kubernetes view is partial (``bridge`` check
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import os
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import sdnotify
 
-from serfbridge import bridge
+from serfbridge import bridge, localpeers
 from serfbridge.config import Settings
-from serfbridge.errors import ConfigError, KubeError, RPCError, SerfBridgeError
+from serfbridge.errors import KubeError, RPCError, SerfBridgeError
+from serfbridge.handoff import HandOff
+from serfbridge.handoff_server import HandoffServer
 from serfbridge.health import HealthServer, Metrics
 from serfbridge.plan_labels import K8S_TAG
 from serfbridge.rpc.client import SerfClient
@@ -105,9 +102,11 @@ class Daemon:
         self._last_notes: tuple[str, ...] = ()
         self._last_plan: dict[str, object] = {}
         self._events = bridge.EventReporter(settings.node_name)
+        self.trusted = localpeers.trusted_uids(settings.agent_users)
         self.serf = SerfClient(
             settings.rpc_addr,
             auth_key=settings.rpc_auth,
+            trusted_uids=self.trusted,
             tag_limit=settings.tag_limit,
             connect_attempts=1,
             timeout=10.0,
@@ -129,11 +128,16 @@ class Daemon:
             self.kube, self.cache = self._kube_factory(s)
             cache = self.cache  # the gauge is read at scrape time, never stale
             self.metrics.kube_synced.set_function(lambda: 1.0 if cache.synced else 0.0)
-        listener = _listen_unix(s.handler_socket)
+        listener = HandoffServer(
+            s.handler_socket,
+            self._on_handoff,
+            trusted=self.trusted,
+            open_to_others=bool(s.agent_users),
+            on_refused=lambda reason: self.metrics.refused.labels("handler", reason).inc(),
+        ).start()
         self._spawn(self._follow_serf, "serf-follower")
         if self.cache is not None:
             self._spawn(self._follow_kube, "kube-follower")
-        self._spawn(lambda: self._serve_handler(listener), "handler-socket")
         log.info(
             "serfbridge running for node %s (cluster %s): to-serf=%s to-k8s=%s, "
             "http %s, handler socket %s",
@@ -174,11 +178,9 @@ class Daemon:
         signal.signal(signal.SIGINT, on_term)
         signal.signal(signal.SIGHUP, on_hup)
 
-    def _shutdown(self, health: HealthServer, listener: socket.socket) -> None:
+    def _shutdown(self, health: HealthServer, listener: HandoffServer) -> None:
         self._notifier.notify("STOPPING=1")
-        listener.close()
-        with contextlib.suppress(OSError):
-            os.unlink(self.settings.handler_socket)
+        listener.stop()
         if self.cache is not None:
             self.cache.stop(timeout=2)
         self.serf.close()
@@ -382,6 +384,7 @@ class Daemon:
             "tag_limit",
             "http_addr",
             "handler_socket",
+            "agent_users",
             "kubeconfig",
             "node_name",
         )  # the open client, listeners and cache use these
@@ -440,54 +443,16 @@ class Daemon:
                 self.poke("to-serf")
                 self.poke("to-k8s")
 
-    def _serve_handler(self, listener: socket.socket) -> None:
-        listener.settimeout(0.5)
-        while not self.stopping.is_set():
-            try:
-                conn, _ = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            with conn:
-                conn.settimeout(2.0)
-                try:
-                    event = json.loads(_read_line(conn) or "{}")
-                    conn.sendall(b"ok\n")  # first: Serf's event loop waits on the handler
-                    self.poke("to-k8s")
-                    if str(event.get("event", "")).startswith("member-"):
-                        self.poke("to-serf")
-                    log.info("event handed over by the handler: %s", event.get("event"))
-                except (OSError, ValueError) as exc:
-                    log.debug("handler socket: %s", exc)
-
-
-def _read_line(conn: socket.socket, limit: int = 65536) -> str:
-    data = b""
-    while b"\n" not in data and len(data) < limit:
-        chunk = conn.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-    return data.split(b"\n", 1)[0].decode("utf-8", "replace")
-
-
-def _listen_unix(path: str) -> socket.socket:
-    """The handler socket; a stale file from a killed daemon is replaced."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.bind(path)
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(f"cannot listen on --handler-socket {path}: {exc.strerror}") from exc
-    # Anyone who can reach the socket can only ask for a re-read; the agent may run as
-    # another user than we do.
-    os.chmod(path, 0o666)
-    sock.listen(16)
-    return sock
+    def _on_handoff(self, request: HandOff) -> None:
+        self.poke("to-k8s")
+        self.poke("to-serf")  # placement follows membership
+        shown = ", ".join(request.members[:5]) + (", ..." if request.count > 5 else "")
+        log.info(
+            "event handed over by the handler: %s (%d member(s)%s)",
+            request.event,
+            request.count,
+            f": {shown}" if shown else "",
+        )
 
 
 def _keep(new: Settings, old: Settings, names: tuple[str, ...]) -> Settings:

@@ -61,6 +61,14 @@ class TransportError(RPCError):
     temporary = True
 
 
+class UntrustedAgent(RPCError):
+    """The RPC port on this host is held by a user the agent does not run as (a squatter
+    while the agent restarts): nothing, the key least of all, was sent. Temporary: the
+    real agent may get its port back."""
+
+    temporary = True
+
+
 class RPCTimeout(RPCError, TimeoutError):
     """The agent did not answer a request in time."""
 
@@ -116,6 +124,13 @@ class QueryError(AgentError):
 
 class KeyringError(AgentError):
     """A key operation failed on some nodes (``N/M nodes reported failure``)."""
+
+
+# --- the handler socket ---------------------------------------------------------------
+
+
+class HandoffError(SerfBridgeError):
+    """A hand-over request that breaks the handler-socket protocol (``handoff.py``)."""
 
 
 # --- Kubernetes -----------------------------------------------------------------------

@@ -11,13 +11,12 @@ otherwise one to-k8s pass runs here, with the same planner and applier as the da
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 import sys
 from collections.abc import Mapping
 
-MEMBER_EVENTS = ("member-join", "member-leave", "member-failed", "member-update", "member-reap")
+from serfbridge import handoff
+from serfbridge.handoff import MEMBER_EVENTS
 
 
 class SerfEvent:
@@ -76,18 +75,7 @@ def parse_event(env: Mapping[str, str], stdin: bytes) -> SerfEvent:
 
 def hand_over(path: str, event: SerfEvent, *, timeout: float = 1.0) -> bool:
     """Give the event to a running daemon; False when none listens at ``path``."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    try:
-        sock.connect(path)
-        sock.sendall(
-            json.dumps({"event": event.name, "members": list(event.members)}).encode() + b"\n"
-        )
-        return sock.recv(16).startswith(b"ok")
-    except OSError:
-        return False
-    finally:
-        sock.close()
+    return handoff.hand_over(path, event.name, event.members, timeout=timeout)
 
 
 DEFAULT_SOCKET = "/run/serfbridge/handler.sock"

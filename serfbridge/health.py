@@ -5,13 +5,24 @@ daemons in one test process never collide) and one ``HealthServer`` thread. ``/r
 is 200 only while the daemon says it is ready: both sides connected and synced.
 ``/status`` is the same state as JSON, read by ``serfbridge status``.
 
+Any local user can connect, so the listener is bounded: a read timeout per request
+(``READ_TIMEOUT``), at most ``MAX_CONNECTIONS`` open connections (a new one closes the
+oldest, so a probe always gets through a flood of half-open requests), and an accept
+loop that survives running out of file descriptors (it pauses, logs once a minute, and
+goes on).
+
 Must not: decide readiness itself (the daemon passes a callable) or block the daemon.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import logging
+import socket
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -20,6 +31,11 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from serfbridge.errors import ConfigError
 from serfbridge.rpc.client import split_addr
+
+log = logging.getLogger(__name__)
+READ_TIMEOUT = 5.0  # seconds a request may take to arrive; kubelet probes take 1 ms
+MAX_CONNECTIONS = 64
+_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 class Metrics:
@@ -67,10 +83,68 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.refused = Counter(
+            "serfbridge_local_refusals_total",
+            "Local clients refused or cut off (handler socket, HTTP listener)",
+            ["listener", "reason"],
+            registry=r,
+        )
         for direction in ("to-serf", "to-k8s"):
             self.writes.labels(direction)
         self.budget.labels("limit")
         self.budget.labels("used")
+
+
+class _BoundedServer(ThreadingHTTPServer):
+    """``ThreadingHTTPServer`` with a connection cap and an accept that survives EMFILE."""
+
+    daemon_threads = True
+    request_queue_size = 128
+
+    def __init__(
+        self, addr: tuple[str, int], handler: type[BaseHTTPRequestHandler], metrics: Metrics
+    ) -> None:
+        self._metrics = metrics
+        self._open: dict[socket.socket, float] = {}  # connection -> when it was accepted
+        self._open_lock = threading.Lock()
+        self._exhausted_logged = -60.0
+        super().__init__(addr, handler)
+
+    def get_request(self) -> tuple[socket.socket, object]:
+        try:
+            return super().get_request()
+        except OSError as exc:
+            if exc.errno in _EXHAUSTED:
+                self._metrics.refused.labels("http", "exhausted").inc()
+                now = time.monotonic()
+                if now - self._exhausted_logged >= 60:
+                    self._exhausted_logged = now
+                    log.warning("http: accept failed: %s; retrying", exc.strerror)
+                # serve_forever would spin on the ready listener: pause while connections
+                # close and give their descriptors back.
+                time.sleep(0.05)
+            raise  # socketserver drops this one attempt and goes on serving
+
+    def process_request(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
+        with self._open_lock:
+            while len(self._open) >= MAX_CONNECTIONS:
+                oldest = min(self._open, key=self._open.__getitem__)
+                del self._open[oldest]
+                self._metrics.refused.labels("http", "cap").inc()
+                with contextlib.suppress(OSError):
+                    oldest.shutdown(socket.SHUT_RDWR)  # its thread sees EOF and ends
+            self._open[request] = time.monotonic()
+        super().process_request(request, client_address)
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        # A client cut off or gone mid-request. socketserver would print a traceback; a
+        # line per client, even at DEBUG, would let a flood of clients flood the log.
+        self._metrics.refused.labels("http", "error").inc()
+
+    def shutdown_request(self, request: socket.socket) -> None:  # type: ignore[override]
+        with self._open_lock:
+            self._open.pop(request, None)
+        super().shutdown_request(request)
 
 
 class HealthServer:
@@ -88,6 +162,8 @@ class HealthServer:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = READ_TIMEOUT  # per read; set on the socket by StreamRequestHandler
+
             def do_GET(self) -> None:
                 outer._serve(self)
 
@@ -95,7 +171,7 @@ class HealthServer:
                 pass  # probes every few seconds would flood the log
 
         try:
-            self._server = ThreadingHTTPServer((host, port), Handler)
+            self._server = _BoundedServer((host, port), Handler, metrics)
         except OSError as exc:
             raise ConfigError(f"cannot listen on --http-addr {addr}: {exc.strerror}") from exc
         self._server.daemon_threads = True

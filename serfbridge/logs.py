@@ -1,16 +1,42 @@
 """Logging set-up: one line per event, as text or JSON (``--log-format json``).
 
 Nothing logged by serfbridge contains the RPC auth key: the key is never formatted into
-a message (see ``config.Settings`` and ``rpc.client``). Must not: configure anything but
-the root handler.
+a message (see ``config.Settings`` and ``rpc.client``). Messages carry text from others
+(member names from gossip, event names from the handler socket), so every message is
+escaped before it is written: a control character, a line separator or a bidi control
+becomes ``\\xNN`` / ``\\uNNNN`` and can neither start a forged line nor reorder one. Must
+not: configure anything but the root handler.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
+
+# C0 and C1 controls, DEL, line/paragraph separators (str.splitlines breaks on them),
+# and the bidi embedding, override and isolate controls.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+
+
+def _escape_one(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def escape(text: str) -> str:
+    """``text`` with every unsafe character spelled out (a tab too: it is one line)."""
+    return _UNSAFE.sub(_escape_one, text)
+
+
+class TextFormatter(logging.Formatter):
+    """The plain formatter, with the message escaped (a traceback under -v is not)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape(record.message)
+        return super().formatMessage(record)
 
 
 class JsonFormatter(logging.Formatter):
@@ -20,7 +46,7 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": escape(record.getMessage()),
         }
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
@@ -34,7 +60,7 @@ def configure(log_format: str = "text", verbose: int = 0, *, daemon: bool = Fals
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -93,7 +93,7 @@ def test_hand_over_sends_the_event_and_waits_for_ok(tmp_path) -> None:
     fake = FakeDaemonSocket(path)
     assert hand_over(path, SerfEvent("member-join", "n1", members=("n2",))) is True
     fake.thread.join(5)
-    assert fake.received == [{"event": "member-join", "members": ["n2"]}]
+    assert fake.received == [{"event": "member-join", "members": ["n2"], "count": 1}]
 
 
 def test_hand_over_without_an_ok_counts_as_failed(tmp_path) -> None:

@@ -268,3 +268,85 @@ def test_ipv6_member_address() -> None:
     conn.receive_data(encode_reply(seq) + msgpack.packb({"Members": [member]}, use_bin_type=True))
     [reply] = conn.next_events()
     assert isinstance(reply.body, tuple) and reply.body[0].addr == "::1"
+
+
+# --- size limits: what a fake agent on the port may send (issue 13, point 6) ---------------
+
+from serfbridge.rpc import protocol  # noqa: E402
+
+
+def _member(i: int, tags: dict[str, str] | None = None) -> dict[str, object]:
+    return {
+        "Name": f"m{i}", "Addr": b"\x0a\x00\x00\x01", "Port": 7946,
+        "Tags": tags if tags is not None else {"role": "web", "k8s": "lab/k1"},
+        "Status": "alive", "ProtocolMin": 1, "ProtocolMax": 5, "ProtocolCur": 2,
+        "DelegateMin": 2, "DelegateMax": 5, "DelegateCur": 4,
+    }  # fmt: skip
+
+
+def _feed_members_body(body: bytes) -> Connection:
+    conn = ready()
+    seq = conn.send("members")
+    data = encode_reply(seq) + body
+    for i in range(0, len(data), 65536):  # as the socket delivers it
+        conn.receive_data(data[i : i + 65536])
+    return conn
+
+
+def test_a_full_reply_of_max_list_members_is_accepted() -> None:
+    members = [_member(i) for i in range(protocol.MAX_LIST)]
+    conn = _feed_members_body(msgpack.packb({"Members": members}))
+    (reply,) = conn.next_events()
+    assert isinstance(reply, Reply) and len(reply.body) == protocol.MAX_LIST
+
+
+def _packed(obj: object) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def _items_bomb() -> bytes:
+    # 1 MiB on the wire, ~1.2 million empty maps decoded (64 bytes each): the byte limit
+    # alone would let it through, the item count does not.
+    return _packed({"Members": [[{}] * 120] * 10_000})
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        pytest.param(
+            _packed({"Members": [_member(0)] * (protocol.MAX_LIST + 1)}),
+            "exceeds max_array_len", id="members-per-reply",
+        ),
+        pytest.param(
+            _packed({"Members": [_member(0, {"k": "v" * (protocol.MAX_STRING + 1)})]}),
+            "exceeds max_str_len", id="string",
+        ),
+        pytest.param(
+            _packed({"Members": [dict(_member(0), Addr=b"\0" * (protocol.MAX_STRING + 1))]}),
+            "exceeds max_bin_len", id="binary",
+        ),
+        pytest.param(
+            _packed({"Members": [_member(0, {f"t{j}": "" for j in range(protocol.MAX_LIST + 1)})]}),
+            "exceeds max_map_len", id="tags-per-member",
+        ),
+        pytest.param(
+            _packed({"Members": [{"Name": "x" * 200_000}] * 100}),
+            f"more than {protocol.MAX_MESSAGE_BYTES} bytes", id="total-bytes",
+        ),
+        pytest.param(_items_bomb(), "values", id="total-items"),
+    ],
+)  # fmt: skip
+def test_oversized_replies_end_in_a_protocol_error_with_bounded_memory(
+    body: bytes, why: str
+) -> None:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(ProtocolError, match="oversized message") as err:
+            _feed_members_body(body)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert why in str(err.value)
+    assert peak < 64 * 1024 * 1024  # without the limits: hundreds of MiB

@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from serfbridge import __version__, config, logs
+from serfbridge import __version__, config, localpeers, logs
 from serfbridge.errors import SerfBridgeError, UsageError
 from serfbridge.rpc.client import DEFAULT_ADDR, SerfClient
 
@@ -40,7 +40,12 @@ class CliState:
 
     def client(self) -> SerfClient:
         s = self.settings()
-        return SerfClient(s.rpc_addr, auth_key=s.rpc_auth, tag_limit=s.tag_limit)
+        return SerfClient(
+            s.rpc_addr,
+            auth_key=s.rpc_auth,
+            tag_limit=s.tag_limit,
+            trusted_uids=localpeers.trusted_uids(s.agent_users),
+        )
 
 
 _SETTING_NAMES = {f.name for f in dataclasses.fields(config.Settings)}
@@ -159,6 +164,15 @@ class _Group(click.Group):
     show_envvar=True,
     type=click.Choice(["text", "json"]),
     help="Log lines as text or JSON.",
+)
+@click.option(
+    "--agent-user",
+    "agent_users",
+    envvar="SERFBRIDGE_AGENT_USER",
+    show_envvar=True,
+    multiple=True,
+    help="A user the local serf agent runs as, besides root and our own user (repeatable): "
+    "only these may use the handler socket or own the agent's RPC port.",
 )
 @click.option(
     "--config",

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import tenacity
 
+from serfbridge import localpeers
 from serfbridge.errors import (
     BudgetError,
     ProtocolError,
@@ -70,9 +71,14 @@ def split_addr(addr: str) -> tuple[str, int]:
 
 
 class _Wire:
-    """One dialled, handshaken (and authenticated) TCP connection plus its protocol core."""
+    """One dialled, handshaken (and authenticated) TCP connection plus its protocol core.
 
-    def __init__(self, addr: str, auth_key: str | None, timeout: float) -> None:
+    Before anything is sent, a peer on this host must be the agent's user: while the
+    agent restarts, any local user can listen on its port (``localpeers``)."""
+
+    def __init__(
+        self, addr: str, auth_key: str | None, timeout: float, trusted: frozenset[int]
+    ) -> None:
         self.addr = addr
         try:
             self.sock = socket.create_connection(split_addr(addr), timeout=timeout)
@@ -80,6 +86,11 @@ class _Wire:
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError as exc:
             raise TransportError(f"cannot reach the serf agent at {addr}: {exc}") from exc
+        try:
+            localpeers.check_agent_owner(self.sock, trusted, addr)
+        except BaseException:
+            self.close()
+            raise
         self.core = Connection(auth_key=auth_key)
         try:
             self.flush()
@@ -134,7 +145,9 @@ class _Wire:
         self.sock.close()
 
 
-def _dial(addr: str, auth_key: str | None, timeout: float, attempts: int) -> _Wire:
+def _dial(
+    addr: str, auth_key: str | None, timeout: float, attempts: int, trusted: frozenset[int]
+) -> _Wire:
     """Dial with exponential backoff on transport errors (agent restarting, port not open)."""
     retrying = tenacity.Retrying(
         stop=tenacity.stop_after_attempt(max(1, attempts)),
@@ -142,7 +155,7 @@ def _dial(addr: str, auth_key: str | None, timeout: float, attempts: int) -> _Wi
         retry=tenacity.retry_if_exception_type(TransportError),
         reraise=True,
     )
-    return retrying(_Wire, addr, auth_key, timeout)
+    return retrying(_Wire, addr, auth_key, timeout, trusted)
 
 
 _GO_INCOMPATIBLE = re.compile(r"\(\?(?:=|!|<=|<!|P=)|\\[1-9]")
@@ -173,8 +186,12 @@ class SerfClient:
         timeout: float = DEFAULT_TIMEOUT,
         connect_attempts: int = 3,
         tag_limit: int = budget.DEFAULT_TAG_LIMIT,
+        trusted_uids: frozenset[int] | None = None,
     ) -> None:
+        """``trusted_uids``: who may own the agent's port on this host (root and our own
+        user when None; ``localpeers.trusted_uids``)."""
         split_addr(addr)
+        self._trusted = localpeers.trusted_uids() if trusted_uids is None else trusted_uids
         self.addr = addr
         self.timeout = timeout
         self.tag_limit = tag_limit
@@ -229,7 +246,9 @@ class SerfClient:
         self, command: str, body: Mapping[str, object] | None, timeout: float | None
     ) -> Reply:
         if self._wire is None:
-            self._wire = _dial(self.addr, self._auth_key, self.timeout, self._attempts)
+            self._wire = _dial(
+                self.addr, self._auth_key, self.timeout, self._attempts, self._trusted
+            )
         wire = self._wire
         try:
             return self._roundtrip(wire, command, body, timeout or self.timeout)
@@ -361,7 +380,9 @@ class SerfClient:
     def _stream_hub(self) -> _StreamHub:
         with self._hub_lock:
             if self._hub is None:
-                self._hub = _StreamHub(self.addr, self._auth_key, self.timeout, self._attempts)
+                self._hub = _StreamHub(
+                    self.addr, self._auth_key, self.timeout, self._attempts, self._trusted
+                )
             return self._hub
 
     def stream(self, event_filter: str = "*") -> Stream:
@@ -475,14 +496,22 @@ class _Slot:
 class _StreamHub:
     """The stream connection: a reader thread, open subscriptions, and reconnection."""
 
-    def __init__(self, addr: str, auth_key: str | None, timeout: float, attempts: int) -> None:
+    def __init__(
+        self,
+        addr: str,
+        auth_key: str | None,
+        timeout: float,
+        attempts: int,
+        trusted: frozenset[int],
+    ) -> None:
         self.addr, self._auth_key, self.timeout = addr, auth_key, timeout
+        self._trusted = trusted
         self._lock = threading.RLock()
         self._subs: dict[int, Stream] = {}
         self._slots: dict[int, _Slot] = {}
         self._closed = False
         self.reconnects = 0
-        self._wire = _dial(addr, auth_key, timeout, attempts)
+        self._wire = _dial(addr, auth_key, timeout, attempts, trusted)
         self._thread = threading.Thread(
             target=self._read_loop, name=f"serf-stream-{addr}", daemon=True
         )
@@ -622,7 +651,7 @@ class _StreamHub:
             reraise=True,
         )
         try:
-            wire = retrying(_Wire, self.addr, self._auth_key, self.timeout)
+            wire = retrying(_Wire, self.addr, self._auth_key, self.timeout, self._trusted)
         except RPCError:
             return  # closed while we were retrying
         if self._closed:

@@ -13,7 +13,12 @@ module owns every rule of ``reference/serf-rpc.md`` §1-§6:
   they keep being parsed as header+body and are dropped (§1.2);
 * the ``Authentication required`` desync: a refused request's body is re-read by the
   agent as a header and answered twice, so the echo is swallowed (§1.1);
-* agent error strings become typed exceptions (``agent_error``).
+* agent error strings become typed exceptions (``agent_error``);
+* every message is bounded (a fake agent on the port can send anything): at most
+  ``MAX_LIST`` items in a list or map (so ``MAX_LIST`` members per reply), ``MAX_STRING``
+  bytes per string, ``MAX_MESSAGE_BYTES`` on the wire and ``MAX_MESSAGE_ITEMS`` decoded
+  values per header or body. Beyond any of them the connection fails with a
+  ``ProtocolError`` before the rest is decoded, so memory stays bounded too.
 
 The wire keys ``Command``/``Seq``/``Error`` appear only here. Garbage from the peer raises
 ``ProtocolError`` and nothing else. Must not import socket, time or threading.
@@ -24,6 +29,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import msgpack
 
@@ -42,6 +48,15 @@ from serfbridge.rpc import models
 from serfbridge.rpc.models import ReplyBody, StreamItem
 
 IPC_VERSION = 1
+_Sized = TypeVar("_Sized", list[object], dict[object, object])
+#: Members per reply, and items per list or map. Serf clusters of community networks
+#: have hundreds of members; thousands are rare.
+MAX_LIST = 10_000
+MAX_STRING = 256 * 1024  # bytes per string or binary (names, tags, payloads, log lines)
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # one header or body on the wire
+#: Lists and maps, and their items, decoded per header or body: a full reply of
+#: ``MAX_LIST`` members with their tags takes about 30 per member.
+MAX_MESSAGE_ITEMS = 400_000
 
 #: Commands whose reply is header + body, even when Error is set (§1).
 _BODY_PARSERS: dict[str, Callable[[object], ReplyBody]] = {
@@ -178,11 +193,23 @@ class Connection:
     _header: tuple[int, str, str] | None = field(init=False, default=None)  # seq, kind, error
     _events: list[Event] = field(init=False, default_factory=list)
     _unpacker: msgpack.Unpacker = field(init=False)
+    _fed: int = field(init=False, default=0)  # bytes fed to the unpacker so far
+    _started: int = field(init=False, default=0)  # where the message being read began
+    _items: int = field(init=False, default=0)  # decoded in the message being read
 
     def __post_init__(self) -> None:
         self._seq = self.first_seq
         self._unpacker = msgpack.Unpacker(
-            raw=False, unicode_errors="surrogateescape", max_buffer_size=16 * 1024 * 1024
+            raw=False,
+            unicode_errors="surrogateescape",
+            max_buffer_size=MAX_MESSAGE_BYTES,
+            max_str_len=MAX_STRING,
+            max_bin_len=MAX_STRING,
+            max_array_len=MAX_LIST,
+            max_map_len=MAX_LIST,
+            max_ext_len=MAX_STRING,
+            object_hook=self._count,
+            list_hook=self._count,
         )
         self._write("handshake", {"Version": IPC_VERSION})
 
@@ -229,14 +256,40 @@ class Connection:
             raise ProtocolError("connection failed; open a new one")
         try:
             self._unpacker.feed(data)
+            self._fed += len(data)
             for obj in self._unpacker:
+                self._check_size(self._unpacker.tell() - self._started)
+                self._started, self._items = self._unpacker.tell(), 0
                 self._on_object(obj)
+            self._check_size(self._fed - self._started)  # a message not yet complete
         except ProtocolError:
             self.state = State.FAILED
             raise
+        except ValueError as exc:
+            self.state = State.FAILED
+            if "exceeds max_" in str(exc):
+                raise ProtocolError(f"the agent sent an oversized message: {exc}") from exc
+            raise ProtocolError(f"undecodable data from agent: {exc!r}") from exc
         except Exception as exc:  # msgpack raises many types on garbage; all mean the same
             self.state = State.FAILED
             raise ProtocolError(f"undecodable data from agent: {exc!r}") from exc
+
+    def _count(self, value: _Sized) -> _Sized:
+        """Called by msgpack for each list and map as it is built (the hot path of a big
+        ``members`` reply: two calls per member)."""
+        self._items += len(value) + 1
+        if self._items <= MAX_MESSAGE_ITEMS:
+            return value
+        raise ProtocolError(
+            f"the agent sent an oversized message: more than {MAX_MESSAGE_ITEMS} values"
+        )
+
+    @staticmethod
+    def _check_size(size: int) -> None:
+        if size > MAX_MESSAGE_BYTES:
+            raise ProtocolError(
+                f"the agent sent an oversized message: more than {MAX_MESSAGE_BYTES} bytes"
+            )
 
     def next_events(self) -> list[Event]:
         events, self._events = self._events, []
