@@ -2,7 +2,8 @@
 
 Loaded through ``pytest_plugins`` in ``tests/conftest.py``. A missing ``serf`` binary fails
 the test (never skips); under ``make test-docker`` (``SERFBRIDGE_LAB_SERF_IMAGE`` set) the
-agents are containers (``tests.lab.serfdocker``) and a missing engine or image fails it. When a test fails, every agent's log tail is added to its report.
+agents are containers (``tests.lab.serfdocker``) and a missing engine or image fails it.
+When a test fails, every agent's log tail is added to its report.
 """
 
 from __future__ import annotations

@@ -12,10 +12,10 @@ from click.testing import CliRunner
 
 from serfbridge import rendezvous
 from serfbridge.cli import cli
-from tests.lab.bridges import World
-from tests.lab import serfdocker
-from tests.lab.serfagents import AgentSpec
 from serfbridge.rpc.client import SerfClient
+from tests.lab import serfdocker
+from tests.lab.bridges import World
+from tests.lab.serfagents import AgentSpec
 
 pytestmark = pytest.mark.integration
 P = "serfbridge.io"

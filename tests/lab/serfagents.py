@@ -8,7 +8,9 @@ tests check). Readiness and membership checks speak just enough raw RPC themselv
 handshake, auth when the agent has a key, then one command (reference/serf-rpc.md §1-§3).
 
 Every process is tracked by its ``Popen`` (so by PID, never by name). ``SerfCluster`` stops
-all of them on exit, restarted incarnations included, and removes its temp dir.
+all of them on exit, restarted incarnations included, and removes its temp dir. With
+``SERFBRIDGE_LAB_SERF_IMAGE`` set (``make test-docker``) the agents are containers of that
+image instead, same argv and ports (``tests.lab.serfdocker``).
 """
 
 from __future__ import annotations
@@ -428,7 +430,7 @@ class SerfCluster:
     def start(self) -> None:
         """Start every agent (each joins the ones already running), then wait for the mesh."""
         if self.image is not None:
-            from tests.lab import serfdocker  # noqa: PLC0415 - it imports this module
+            from tests.lab import serfdocker  # here: it imports this module
 
             serfdocker.check_image(self.image)
         elif shutil.which(self.serf_bin) is None:
@@ -458,7 +460,7 @@ class SerfCluster:
         }
         if self.image is None:
             return SerfAgent(spec, **options)
-        from tests.lab import serfdocker  # noqa: PLC0415 - it imports this module
+        from tests.lab import serfdocker  # here: it imports this module
 
         return serfdocker.DockerSerfAgent(spec, image=self.image, **options)
 

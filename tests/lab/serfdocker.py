@@ -188,8 +188,8 @@ class DockerSerfAgent(SerfAgent):
         self.join_config.write_text(json.dumps({"start_join": self.join_peers()}))
         logged = len(self.log_text())
         if self.container is None:
-            self.container = docker("run", "-d", *self._run_options(), self.image,
-                                    *self.command()[1:]).strip()  # fmt: skip
+            argv = self.command()[1:]  # the image's entrypoint is the serf binary
+            self.container = docker("run", "-d", *self._run_options(), self.image, *argv).strip()
             _CONTAINERS.add(self.container)
         else:
             docker("start", self.container)
@@ -235,8 +235,8 @@ class DockerSerfAgent(SerfAgent):
         """(running or paused, host PID, exit code) from ``docker inspect``."""
         if self.container is None:
             return False, 0, 0
-        out = docker("inspect", "--format",
-                     "{{.State.Running}} {{.State.Pid}} {{.State.ExitCode}}", self.container)  # fmt: skip
+        state = "{{.State.Running}} {{.State.Pid}} {{.State.ExitCode}}"
+        out = docker("inspect", "--format", state, self.container)
         running, pid, code = out.split()
         return running == "true", int(pid), int(code)
 
