@@ -53,11 +53,12 @@ demo: install deps kube-apiserver
 # private dockerd (docker.io, installed if missing; stopped by PID at the end), a local
 # base image (debootstrap, cached in $(CACHE)), our image, docker-compose.yml with
 # compose v1, and these tests with the lab's agents in containers. Run by .ci/run.
-DOCKER_TESTS ?= tests/test_docker_image.py tests/test_lab_serf.py tests/test_to_k8s.py \
+DOCKER_TESTS ?= tests/test_lab_serf.py tests/test_to_k8s.py \
 	tests/test_to_serf.py::test_two_port_nodeport_on_two_of_three_nodes_change_and_delete \
 	tests/test_to_serf.py::test_hand_published_entry_survives_every_write \
 	tests/test_to_serf.py::test_crash_consistency_100_changes_20_kill_9 \
-	tests/test_to_serf.py::test_agent_restart_tags_back_within_one_second
+	tests/test_to_serf.py::test_agent_restart_tags_back_within_one_second \
+	tests/test_docker_image.py
 test-docker: install deps kube-apiserver
 	SERFBRIDGE_CACHE=$(CACHE) VENV=$(VENV) DOCKER_TESTS="$(DOCKER_TESTS)" bash .ci/test-docker
 

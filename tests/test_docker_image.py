@@ -23,6 +23,7 @@ from tests.test_to_serf import (
     agent_tags,
     create_service,
     decoded,
+    delete_service,
     make_namespace,
     owned_by,
     port_spec,
@@ -89,7 +90,9 @@ def run_like_the_daemonset(w: World, node: str, sockets: Path, ns: str) -> tuple
     return container, http_addr
 
 
-def test_our_image_publishes_a_service_and_labels_its_node(world, bridge_container, tmp_path):
+def test_our_image_publishes_a_service_and_labels_its_node(
+    world, bridge_container, tmp_path, request
+):
     w: World = world(1)
     node = w.nodes[0]
     agent = w.agent_for(node)
@@ -102,6 +105,8 @@ def test_our_image_publishes_a_service_and_labels_its_node(world, bridge_contain
     w.wait_for(lambda: http_ok(http_addr, "/readyz"), timeout=60, what="the image's /readyz")
 
     reply = create_service(w, ns, service_body("web", [port_spec("http", 80)]))
+    # The apiserver is shared: a Service left behind would be published by later tests.
+    request.addfinalizer(lambda: delete_service(w, ns, "web"))
     node_port = str(reply["spec"]["ports"][0]["nodePort"])
 
     def published() -> bool:  # to-serf: the entry is in the agent's own tags
