@@ -77,7 +77,8 @@ def run_like_the_daemonset(w: World, node: str, sockets: Path, ns: str) -> tuple
     }
     # hostNetwork, uid 0 with no capabilities, read-only root, no privilege escalation,
     # the handler socket directory from the host, an 8 MiB /tmp in memory.
-    options = ["--network", "host", "--user", "0:0", "--cap-drop", "ALL", "--read-only"]
+    options = ["--label", serfdocker.LABEL, "--network", "host", "--user", "0:0"]
+    options += ["--cap-drop", "ALL", "--read-only"]
     options += ["--security-opt", "no-new-privileges", "--tmpfs", "/tmp:size=8m"]
     options += ["--memory", "128m"]
     options += ["--mount", f"type=bind,source={sockets},target=/run/serfbridge"]
@@ -91,7 +92,7 @@ def run_like_the_daemonset(w: World, node: str, sockets: Path, ns: str) -> tuple
 
 
 def test_our_image_publishes_a_service_and_labels_its_node(
-    world, bridge_container, tmp_path, request
+    world, bridge_container, tmp_path, request, capsys
 ):
     w: World = world(1)
     node = w.nodes[0]
@@ -126,7 +127,8 @@ def test_our_image_publishes_a_service_and_labels_its_node(
     time.sleep(2)  # a few passes, then measure
     rss = rss_kib(pid)
     size = int(docker("image", "inspect", "-f", "{{.Size}}", IMAGE))
-    print(f"image {IMAGE}: {size / 1e6:.1f} MB; bridge container RSS {rss / 1024:.1f} MiB")
+    with capsys.disabled():  # the figures belong in the CI log
+        print(f"\nimage {IMAGE}: {size / 1e6:.1f} MB; bridge container RSS {rss / 1024:.1f} MiB")
     assert rss < 128 * 1024  # the DaemonSet's memory limit
     logs = docker("logs", container)
     assert all(json.loads(line) for line in logs.splitlines() if line.startswith("{"))
