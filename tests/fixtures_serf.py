@@ -1,19 +1,23 @@
 """pytest fixtures for real Serf agents; the harness itself is ``tests.lab.serfagents``.
 
 Loaded through ``pytest_plugins`` in ``tests/conftest.py``. A missing ``serf`` binary fails
-the test (never skips). When a test fails, every agent's log tail is added to its report.
+the test (never skips); under ``make test-docker`` (``SERFBRIDGE_LAB_SERF_IMAGE`` set) the
+agents are containers (``tests.lab.serfdocker``) and a missing engine or image fails it.
+When a test fails, every agent's log tail is added to its report.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
 
-from tests.lab.serfagents import SERF_BIN, AgentSpec, SerfCluster
+from tests.lab import serfdocker
+from tests.lab.serfagents import IMAGE_ENV, SERF_BIN, AgentSpec, LabError, SerfCluster
 
 _CLUSTERS = pytest.StashKey[list[SerfCluster]]()
 
@@ -34,7 +38,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 def serf_cluster(request: pytest.FixtureRequest) -> Iterator[SerfClusterFactory]:
     """Factory: ``serf_cluster(3)`` or ``serf_cluster(specs=[AgentSpec(...)])``, started
     and joined. Every cluster is closed (all PIDs stopped) at teardown, even on failure."""
-    if shutil.which(SERF_BIN) is None:
+    if serfdocker.enabled():
+        try:
+            serfdocker.check_image(os.environ[IMAGE_ENV])
+        except LabError as exc:
+            pytest.fail(str(exc), pytrace=False)
+    elif shutil.which(SERF_BIN) is None:
         pytest.fail(
             f"`{SERF_BIN}` is not on PATH: run `apt-get install serf` (or `make deps`)",
             pytrace=False,

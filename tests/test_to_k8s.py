@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 import time
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from click.testing import CliRunner
 from serfbridge import rendezvous
 from serfbridge.cli import cli
 from serfbridge.rpc.client import SerfClient
+from tests.lab import serfdocker
 from tests.lab.bridges import World
 from tests.lab.serfagents import AgentSpec
 
@@ -216,7 +216,7 @@ def handler_specs(w_prefix: str, kubeconfig: str, workdir: Path) -> list[AgentSp
     for i in (1, 2, 3):
         node = f"{w_prefix}{i}"
         env = {
-            "SERFBRIDGE_HANDLE": str(Path(sys.executable).parent / "serfbridge-handle"),
+            "SERFBRIDGE_HANDLE": serfdocker.handle_command(),  # the venv's, or the image's
             "SERFBRIDGE_CONFIG": "/dev/null",
             "SERF_RPC_ADDR": "{rpc_addr}",
             "KUBECONFIG": kubeconfig,

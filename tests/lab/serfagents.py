@@ -8,7 +8,9 @@ tests check). Readiness and membership checks speak just enough raw RPC themselv
 handshake, auth when the agent has a key, then one command (reference/serf-rpc.md §1-§3).
 
 Every process is tracked by its ``Popen`` (so by PID, never by name). ``SerfCluster`` stops
-all of them on exit, restarted incarnations included, and removes its temp dir.
+all of them on exit, restarted incarnations included, and removes its temp dir. With
+``SERFBRIDGE_LAB_SERF_IMAGE`` set (``make test-docker``) the agents are containers of that
+image instead, same argv and ports (``tests.lab.serfdocker``).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from serfbridge.errors import SerfBridgeError
 
 HOST = "127.0.0.1"
 SERF_BIN = "serf"
+#: Set (by `make test-docker`) to a Serf image: agents then run as containers of it.
+IMAGE_ENV = "SERFBRIDGE_LAB_SERF_IMAGE"
 
 #: A member record exactly as the agent sends it (``Name``, ``Addr`` bytes, ``Status``, ...).
 Member = dict[str, Any]
@@ -208,6 +212,11 @@ class SerfAgent:
         return self.processes[-1].pid if self.processes else None
 
     @property
+    def pids(self) -> list[int]:
+        """The PID of every incarnation, oldest first."""
+        return [proc.pid for proc in self.processes]
+
+    @property
     def running(self) -> bool:
         return bool(self.processes) and self.processes[-1].poll() is None
 
@@ -300,8 +309,17 @@ class SerfAgent:
             argv.append(f"-tags-file={spec.tags_file}")
         for key, value in spec.tags.items():
             argv += ["-tag", f"{key}={value}"]
-        argv += [f"-join={peer}" for peer in list(self._peers())[:_MAX_JOIN_PEERS]]
-        return argv + list(spec.extra_args)
+        return argv + self._join_args() + list(spec.extra_args)
+
+    def _join_args(self) -> list[str]:
+        return [f"-join={peer}" for peer in self.join_peers()]
+
+    def join_peers(self) -> list[str]:
+        """Gossip addresses to join at this start (the running agents, at most three)."""
+        return list(self._peers())[:_MAX_JOIN_PEERS]
+
+    def discard(self) -> None:
+        """Release what outlives the processes (nothing here; a container backend has some)."""
 
     def _write_auth_config(self, key: str) -> Path:
         path = self.workdir / f"{self.name}.config.json"
@@ -383,6 +401,8 @@ class SerfCluster:
         self.specs = (
             list(specs) if specs is not None else [AgentSpec(f"n{i + 1}") for i in range(n)]
         )
+        # `make test-docker` names an image: every agent then runs in a container of it.
+        self.image = os.environ.get(IMAGE_ENV) or None
         self.serf_bin = serf_bin
         self.start_timeout = start_timeout
         self.join_timeout = join_timeout
@@ -409,7 +429,11 @@ class SerfCluster:
 
     def start(self) -> None:
         """Start every agent (each joins the ones already running), then wait for the mesh."""
-        if shutil.which(self.serf_bin) is None:
+        if self.image is not None:
+            from tests.lab import serfdocker  # here: it imports this module
+
+            serfdocker.check_image(self.image)
+        elif shutil.which(self.serf_bin) is None:
             raise LabError(f"`{self.serf_bin}` not found: install it (`apt-get install serf`)")
         for spec in self.specs:
             self.add_agent(spec, wait=False)
@@ -420,18 +444,25 @@ class SerfCluster:
         spec = spec or AgentSpec(f"n{len(self.agents) + 1}")
         if any(agent.name == spec.name for agent in self.agents):
             raise LabError(f"an agent named {spec.name} already exists")
-        agent = SerfAgent(
-            spec,
-            workdir=self.workdir,
-            peers=lambda: self._join_targets(spec.name),
-            serf_bin=self.serf_bin,
-            start_timeout=self.start_timeout,
-        )
+        agent = self._new_agent(spec)
         self.agents.append(agent)
         agent.start()
         if wait:
             self.wait_joined()
         return agent
+
+    def _new_agent(self, spec: AgentSpec) -> SerfAgent:
+        options: dict[str, Any] = {
+            "workdir": self.workdir,
+            "peers": lambda: self._join_targets(spec.name),
+            "serf_bin": self.serf_bin,
+            "start_timeout": self.start_timeout,
+        }
+        if self.image is None:
+            return SerfAgent(spec, **options)
+        from tests.lab import serfdocker  # here: it imports this module
+
+        return serfdocker.DockerSerfAgent(spec, image=self.image, **options)
 
     def agent(self, name: str) -> SerfAgent:
         for agent in self.agents:
@@ -442,7 +473,7 @@ class SerfCluster:
     @property
     def pids(self) -> list[int]:
         """Every PID this cluster ever spawned, restarts included."""
-        return [proc.pid for agent in self.agents for proc in agent.processes]
+        return [pid for agent in self.agents for pid in agent.pids]
 
     def live_agents(self) -> list[SerfAgent]:
         """Agents that are running and not SIGSTOPped."""
@@ -522,6 +553,9 @@ class SerfCluster:
         self._final_logs = self.logs()
         procs = [proc for agent in self.agents for proc in agent.processes]
         _stop_processes(procs, self.grace)
+        for agent in self.agents:
+            with contextlib.suppress(LabError):
+                agent.discard()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _resolve(self, agent: SerfAgent | str) -> SerfAgent:
