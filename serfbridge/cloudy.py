@@ -7,6 +7,12 @@ every value a string. Encoding our entries gives exactly the bytes avahi-ps woul
 decoding is tolerant of what Cloudy nodes really gossip (legacy single quotes, missing
 keys, non-string values) and reports per-entry problems instead of hiding the list.
 
+Peers' values are hostile data. A decode is bounded in input size, decompressed bytes,
+items and problem lines, so a bzip2 bomb costs one error, not the bridge's CPU or memory;
+results are cached by value (the raw tag string), so a value seen on every pass is
+decoded once. Each decoded entry keeps its JSON text (``Entry.raw``): entries we do not own
+are re-encoded byte for byte from it, never re-validated as ours.
+
 Callers: ``cli.py`` (``services``, ``publish``, ``unpublish``), ``plan_publish.py`` and the
 daemon (owned entries, the tag change to make), ``status``.
 
@@ -23,20 +29,33 @@ import binascii
 import bz2
 import json
 import re
+import threading
 import unicodedata
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Protocol
 
 from serfbridge.errors import BudgetError, ServicesDecodeError, UsageError
+from serfbridge.printable import BIDI_CONTROLS, valid_text
 from serfbridge.rpc.budget import DEFAULT_TAG_LIMIT, encoded_tags_size, merged_tags
 
 #: The Serf tag avahi-ps's serf plug uses (§1.2).
 SERVICES_TAG = "services"
 #: Wire keys in the order avahi-ps writes them.
 WIRE_KEYS = ("s", "d", "m", "i", "p", "e", "t")
-#: Cap on the decompressed size of a peer's tag: a 2 KiB bzip2 bomb must not eat memory.
-MAX_DECODED_BYTES = 1 << 20
+#: Cap on a peer's tag value: Serf's tags fit in 512 bytes (2048 with forks), so a value
+#: this long is hostile and is refused before anything is decoded or cached.
+MAX_ENCODED_CHARS = 16 * 1024
+#: Cap on the decompressed size of a peer's tag: a bzip2 bomb must not eat memory. A real
+#: list that fits a 2048-byte budget decompresses to a few KiB.
+MAX_DECODED_BYTES = 32 * 1024
+#: Cap on the items of one list: 2048 bytes of tags hold at most ~150 real entries.
+MAX_ITEMS = 256
+#: Problem lines kept per list; the rest are summed up in one more line.
+MAX_PROBLEMS = 8
+#: Decode results kept by value, weighed by decoded size: bounds the cache's memory.
+CACHE_WEIGHT = 8 << 20
 #: Only `search` rows of members with this status are listed (avahi-ps: -status=alive).
 ALIVE = "alive"
 
@@ -57,6 +76,9 @@ class Entry:
     port: str = ""  # p (a string: real tags carry "TEST")
     microcloud: str = ""  # e
     txt: str = ""  # t
+    # The entry's JSON text as decoded from a tag ("" for an entry built here). Not an init
+    # field, so ``replace()`` drops it: a changed entry is encoded from its fields again.
+    raw: str = field(default="", init=False, compare=False, repr=False)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -72,12 +94,18 @@ class Entry:
         """Build from a wire object; missing keys become ""."""
         return cls(*(obj.get(k, "") for k in WIRE_KEYS))
 
+    def with_raw(self, raw: str) -> Entry:
+        """This entry, remembering the JSON text it was decoded from."""
+        copy = replace(self)
+        object.__setattr__(copy, "raw", raw)
+        return copy
+
+
+_FIELD_NAMES = tuple(f.name for f in fields(Entry) if f.init)
+
 
 def _values(entry: Entry) -> tuple[str, ...]:
-    return tuple(getattr(entry, f.name) for f in fields(entry))
-
-
-_FIELD_NAMES = tuple(f.name for f in fields(Entry))
+    return tuple(getattr(entry, name) for name in _FIELD_NAMES)
 
 
 @dataclass(frozen=True)
@@ -120,9 +148,10 @@ MemberInput = MemberLike | tuple[str, str, Mapping[str, str]]
 def encode_services(entries: Iterable[Entry]) -> str:
     """The ``services`` tag value avahi-ps would write for ``entries``, in this order.
 
-    Sanitized values need no JSON escaping, so the bytes are avahi-ps's exactly. Foreign
-    entries read from a tag are re-encoded faithfully (JSON escapes where needed); only
-    ``'`` is refused, because every reader turns it into ``"`` and loses the list.
+    Sanitized values need no JSON escaping, so the bytes are avahi-ps's exactly. An entry
+    read from a tag is written back as the JSON text it was read from, byte for byte
+    (another member's data never fails our write). For an entry built here, ``'`` is
+    refused, because every reader turns it into ``"`` and loses the list.
     """
     objects = [_encode_object(e) for e in entries]
     try:
@@ -133,6 +162,8 @@ def encode_services(entries: Iterable[Entry]) -> str:
 
 
 def _encode_object(entry: Entry) -> str:
+    if entry.raw:
+        return entry.raw
     for name, value in zip(_FIELD_NAMES, _values(entry), strict=True):
         if "'" in value:
             raise UsageError(f"{name} must not contain \"'\" (readers read it as '\"'): {value!r}")
@@ -151,25 +182,132 @@ def decode_services_report(value: str) -> DecodeResult:
     """Decode a peer's ``services`` value like avahi-ps's readers, but tolerantly.
 
     Raises ``ServicesDecodeError`` when the whole value is unreadable (bad base64 or
-    bzip2, not UTF-8, not JSON, not a list). Inside the list, a non-object item is skipped;
+    bzip2, not UTF-8, not JSON, not a list) or over a bound (``MAX_ENCODED_CHARS``,
+    ``MAX_DECODED_BYTES``, ``MAX_ITEMS``). Inside the list, a non-object item is skipped;
     a missing key reads as ""; a null, number or boolean is kept as its JSON text ("665",
-    "true"; null as ""); a nested list/object skips the entry. Each is one problem line.
+    "true"; null as ""); a nested list/object skips the entry. Each is one problem line,
+    at most ``MAX_PROBLEMS`` and one line counting the rest. Cached by value.
     """
-    text = _unpack(value).replace("'", '"')  # legacy lists (§1.2): readers sed ' to "
+    if len(value) > MAX_ENCODED_CHARS:
+        raise ServicesDecodeError(
+            f"services tag is {len(value)} characters long, over {MAX_ENCODED_CHARS}"
+        )
+    cached = _CACHE.get(value)
+    if cached is None:
+        cached = _decode_uncached(value)
+        _CACHE.put(value, cached)
+    if isinstance(cached, str):
+        raise ServicesDecodeError(cached)
+    return cached
+
+
+def _decode_uncached(value: str) -> DecodeResult | str:
+    """The result, or the message of the decode error (cached as text, not as an exception:
+    re-raising one instance would grow its traceback at every pass)."""
+    try:
+        text = _unpack(value).replace("'", '"')  # legacy lists (§1.2): readers sed ' to "
+        items = _split_list(text)
+    except ServicesDecodeError as exc:
+        return str(exc)
+    entries: list[Entry] = []
+    problems: list[str] = []
+    for index, (item, raw) in enumerate(items, start=1):
+        entry = _decode_item(item, f"entry {index}", problems)
+        if entry is not None:
+            entries.append(entry.with_raw(raw))
+    if len(problems) > MAX_PROBLEMS:
+        problems[MAX_PROBLEMS:] = [f"and {len(problems) - MAX_PROBLEMS} more problems"]
+    return DecodeResult(tuple(entries), tuple(problems))
+
+
+_DECODER = json.JSONDecoder()
+_BLANK = re.compile(r"[ \t\n\r]*")
+
+
+def _split_list(text: str) -> list[tuple[object, str]]:
+    """The items of a JSON list with the exact text of each, at most MAX_ITEMS of them.
+
+    Parsed item by item (the standard decoder, one value at a time), so an oversized list
+    is refused after MAX_ITEMS items instead of being built whole.
+    """
+    pos = _skip_blank(text, 0)
+    if not text.startswith("[", pos):
+        _raise_not_a_list(text)
+    pos = _skip_blank(text, pos + 1)
+    items: list[tuple[object, str]] = []
+    closed = text.startswith("]", pos)
+    while not closed:
+        if len(items) == MAX_ITEMS:
+            raise ServicesDecodeError(f"services tag has more than {MAX_ITEMS} entries")
+        try:
+            item, end = _DECODER.raw_decode(text, pos)
+        except (ValueError, RecursionError) as exc:
+            raise ServicesDecodeError(f"services tag is not valid JSON: {exc}") from exc
+        items.append((item, text[pos:end]))
+        pos = _skip_blank(text, end)
+        closed = text.startswith("]", pos)
+        if not closed and not text.startswith(",", pos):
+            raise ServicesDecodeError(f"services tag is not valid JSON: no ',' or ']' at {pos}")
+        pos = _skip_blank(text, pos + 1) if not closed else pos
+    if _skip_blank(text, pos + 1) != len(text):
+        raise ServicesDecodeError(f"services tag is not valid JSON: extra data after {pos + 1}")
+    return items
+
+
+def _skip_blank(text: str, pos: int) -> int:
+    match = _BLANK.match(text, pos)
+    return match.end() if match else pos
+
+
+def _raise_not_a_list(text: str) -> None:
     try:
         data = json.loads(text)
     except (ValueError, RecursionError) as exc:
         raise ServicesDecodeError(f"services tag is not valid JSON: {exc}") from exc
-    if not isinstance(data, list):
-        kind = _json_kind(data)
-        raise ServicesDecodeError(f"services tag is not a JSON list (got {kind})")
-    entries: list[Entry] = []
-    problems: list[str] = []
-    for index, item in enumerate(data, start=1):
-        entry = _decode_item(item, f"entry {index}", problems)
-        if entry is not None:
-            entries.append(entry)
-    return DecodeResult(tuple(entries), tuple(problems))
+    raise ServicesDecodeError(f"services tag is not a JSON list (got {_json_kind(data)})")
+
+
+class _ValueCache:
+    """Decode results by tag value, least recently used first out, bounded by weight
+    (decoded size), not by count: a few big lists cannot hold more memory than many
+    small ones. Shared by the daemon's threads, hence the lock."""
+
+    def __init__(self, max_weight: int) -> None:
+        self._max = max_weight
+        self._weight = 0
+        self._items: OrderedDict[str, tuple[DecodeResult | str, int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, value: str) -> DecodeResult | str | None:
+        with self._lock:
+            found = self._items.get(value)
+            if found is None:
+                return None
+            self._items.move_to_end(value)
+            return found[0]
+
+    def put(self, value: str, result: DecodeResult | str) -> None:
+        weight = len(value) + (
+            len(result)
+            if isinstance(result, str)
+            else sum(len(e.raw) + 400 for e in result.entries)
+        )
+        with self._lock:
+            if value in self._items:
+                return
+            self._items[value] = (result, weight)
+            self._weight += weight
+            while self._weight > self._max and self._items:
+                _, (_, dropped) = self._items.popitem(last=False)
+                self._weight -= dropped
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._weight = 0
+
+
+_CACHE = _ValueCache(CACHE_WEIGHT)
 
 
 def _unpack(value: str) -> str:
@@ -294,8 +432,17 @@ def search_json(rows: Iterable[Mapping[str, str]]) -> str:
     """``avahi-ps search``'s line: ``[obj,obj,...]`` of jq -c objects, no trailing newline.
 
     avahi-ps emits rows in reverse order; ``search_json(reversed(rows))`` is byte-identical.
+    Strict parsers (PHP's, in Cloudy's UI) reject a whole list for one invalid string, so
+    undecodable bytes and lone surrogates from gossip become U+FFFD, as jq does.
     """
-    objects = (json.dumps(dict(r), separators=(",", ":"), ensure_ascii=False) for r in rows)
+    objects = (
+        json.dumps(
+            {valid_text(k): valid_text(v) for k, v in r.items()},
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
+        for r in rows
+    )
     # jq -c escapes DEL, Python's json does not; DEL only occurs inside strings.
     return ("[" + ",".join(objects) + "]").replace("\x7f", "\\u007f")
 
@@ -325,7 +472,7 @@ def sanitize_entry(entry: Entry) -> Entry:
     whitespace is dropped and each inner run of whitespace becomes one ``_``. Nothing else
     is rewritten: avahi-ps turns ``&`` in txt into a space, which corrupts the list on the
     next read-modify-write (§1.8), so ``&`` and whitespace are refused instead, as are
-    ``'``, ``"``, ``\\`` and control characters in every field. The port becomes its
+    ``'``, ``"``, ``\\``, control and bidirectional control characters in every field. The port becomes its
     canonical number (``"030080"`` -> ``"30080"``) so (type, port) keys compare equal.
     """
     description = "_".join(entry.description.split())
@@ -354,6 +501,8 @@ def _forbidden_reason(name: str, char: str) -> str:
         return "whitespace corrupts avahi-ps lists"
     if unicodedata.category(char) in ("Cc", "Cs"):
         return "control character"
+    if char in BIDI_CONTROLS:
+        return "bidirectional control character: it reorders what the UI shows"
     if name == "type" and not _TYPE_RE.fullmatch(char):
         return "a type is letters, digits, '_', '.' and '-': avahi-ps greps for it"
     return ""
