@@ -29,13 +29,12 @@ import binascii
 import bz2
 import json
 import re
-import threading
 import unicodedata
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Protocol
 
+from serfbridge import bounded
 from serfbridge.errors import BudgetError, ServicesDecodeError, UsageError
 from serfbridge.printable import BIDI_CONTROLS, valid_text
 from serfbridge.rpc.budget import DEFAULT_TAG_LIMIT, encoded_tags_size, merged_tags
@@ -220,94 +219,25 @@ def _decode_uncached(value: str) -> DecodeResult | str:
     return DecodeResult(tuple(entries), tuple(problems))
 
 
-_DECODER = json.JSONDecoder()
-_BLANK = re.compile(r"[ \t\n\r]*")
-
-
 def _split_list(text: str) -> list[tuple[object, str]]:
-    """The items of a JSON list with the exact text of each, at most MAX_ITEMS of them.
-
-    Parsed item by item (the standard decoder, one value at a time), so an oversized list
-    is refused after MAX_ITEMS items instead of being built whole.
-    """
-    pos = _skip_blank(text, 0)
-    if not text.startswith("[", pos):
-        _raise_not_a_list(text)
-    pos = _skip_blank(text, pos + 1)
-    items: list[tuple[object, str]] = []
-    closed = text.startswith("]", pos)
-    while not closed:
-        if len(items) == MAX_ITEMS:
-            raise ServicesDecodeError(f"services tag has more than {MAX_ITEMS} entries")
-        try:
-            item, end = _DECODER.raw_decode(text, pos)
-        except (ValueError, RecursionError) as exc:
-            raise ServicesDecodeError(f"services tag is not valid JSON: {exc}") from exc
-        items.append((item, text[pos:end]))
-        pos = _skip_blank(text, end)
-        closed = text.startswith("]", pos)
-        if not closed and not text.startswith(",", pos):
-            raise ServicesDecodeError(f"services tag is not valid JSON: no ',' or ']' at {pos}")
-        pos = _skip_blank(text, pos + 1) if not closed else pos
-    if _skip_blank(text, pos + 1) != len(text):
-        raise ServicesDecodeError(f"services tag is not valid JSON: extra data after {pos + 1}")
-    return items
-
-
-def _skip_blank(text: str, pos: int) -> int:
-    match = _BLANK.match(text, pos)
-    return match.end() if match else pos
-
-
-def _raise_not_a_list(text: str) -> None:
     try:
-        data = json.loads(text)
-    except (ValueError, RecursionError) as exc:
+        return bounded.split_json_list(text, max_items=MAX_ITEMS)
+    except bounded.NotAList as exc:
+        raise ServicesDecodeError(f"services tag is not a JSON list (got {exc.kind})") from exc
+    except bounded.TooManyItems as exc:
+        raise ServicesDecodeError(f"services tag has more than {MAX_ITEMS} entries") from exc
+    except ValueError as exc:
         raise ServicesDecodeError(f"services tag is not valid JSON: {exc}") from exc
-    raise ServicesDecodeError(f"services tag is not a JSON list (got {_json_kind(data)})")
 
 
-class _ValueCache:
-    """Decode results by tag value, least recently used first out, bounded by weight
-    (decoded size), not by count: a few big lists cannot hold more memory than many
-    small ones. Shared by the daemon's threads, hence the lock."""
-
-    def __init__(self, max_weight: int) -> None:
-        self._max = max_weight
-        self._weight = 0
-        self._items: OrderedDict[str, tuple[DecodeResult | str, int]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, value: str) -> DecodeResult | str | None:
-        with self._lock:
-            found = self._items.get(value)
-            if found is None:
-                return None
-            self._items.move_to_end(value)
-            return found[0]
-
-    def put(self, value: str, result: DecodeResult | str) -> None:
-        weight = len(value) + (
-            len(result)
-            if isinstance(result, str)
-            else sum(len(e.raw) + 400 for e in result.entries)
-        )
-        with self._lock:
-            if value in self._items:
-                return
-            self._items[value] = (result, weight)
-            self._weight += weight
-            while self._weight > self._max and self._items:
-                _, (_, dropped) = self._items.popitem(last=False)
-                self._weight -= dropped
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-            self._weight = 0
+def _weight(value: str, result: DecodeResult | str) -> int:
+    """Roughly the bytes a cached result holds (an entry object is ~400 bytes)."""
+    if isinstance(result, str):
+        return len(value) + len(result)
+    return len(value) + sum(len(e.raw) + 400 for e in result.entries)
 
 
-_CACHE = _ValueCache(CACHE_WEIGHT)
+_CACHE: bounded.WeightedCache[DecodeResult | str] = bounded.WeightedCache(CACHE_WEIGHT, _weight)
 
 
 def _unpack(value: str) -> str:
@@ -365,9 +295,7 @@ def _decode_item(item: object, where: str, problems: list[str]) -> Entry | None:
     return Entry.from_wire(wire)
 
 
-def _json_kind(value: object) -> str:
-    kinds = {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}
-    return kinds.get(type(value), "number")
+_json_kind = bounded.json_kind
 
 
 # --- search (what avahi-ps search prints) -----------------------------------------------
@@ -472,8 +400,9 @@ def sanitize_entry(entry: Entry) -> Entry:
     whitespace is dropped and each inner run of whitespace becomes one ``_``. Nothing else
     is rewritten: avahi-ps turns ``&`` in txt into a space, which corrupts the list on the
     next read-modify-write (§1.8), so ``&`` and whitespace are refused instead, as are
-    ``'``, ``"``, ``\\``, control and bidirectional control characters in every field. The port becomes its
-    canonical number (``"030080"`` -> ``"30080"``) so (type, port) keys compare equal.
+    ``'``, ``"``, ``\\``, control and bidirectional control characters in every field.
+    The port becomes its canonical number (``"030080"`` -> ``"30080"``) so (type, port)
+    keys compare equal.
     """
     description = "_".join(entry.description.split())
     cleaned = replace(entry, description=description, port=_check_port(entry.port))

@@ -8,8 +8,8 @@ import socket
 import click
 
 from serfbridge import cloudy, local_services
-from serfbridge.printable import escape_controls
 from serfbridge.cli.base import _client, cli
+from serfbridge.printable import escape_controls
 
 # --- Cloudy services (avahi-ps compatible) ----------------------------------------------
 
