@@ -13,6 +13,8 @@ A member speaks for a Node only when the authenticated side vouches for it:
 3. **Address.** A member whose address is one of the Node's addresses in the API, when no
    other Node has that address. This is how Nodes that never had a bridge are matched.
 
+A verified member whose ``k8s`` tag names its Node has a bridge running there (the daemon
+sets the tag), so the Node is ``bridged``: its own bridge writes it while it is alive.
 A record written by another bridge (the failure writer, or the writer of a Node with no
 bridge) is not trusted on its own; among the Node's candidates it only breaks ties, so a
 Node keeps the member it had. Choosing among candidates: an alive (or leaving) one first,
@@ -30,7 +32,7 @@ Pure: data in, a match out. No I/O, no logging, no clock. Used by ``plan_labels`
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from serfbridge.kubemodels import NodeInfo
 from serfbridge.rpc.models import Member
@@ -123,7 +125,10 @@ def match(
     bindings: dict[str, Binding] = {}
     for node, found in candidates.items():
         if found:
-            bindings[node] = _choose(found, records.get(node), node, writer=self_node)
+            binding = _choose(found, records.get(node), node, writer=self_node)
+            if maybe_claim(binding.member) == (cluster, node):  # its own bridge runs there
+                binding = replace(binding, bridged=True)
+            bindings[node] = binding
     mine = [m for m in ours if m.name == self_member]
     if mine and self_node in nodes:  # our agent may sit at an address the API does not know
         bindings[self_node] = Binding(mine[0], "own agent", bridged=True, recorded_by=self_node)
