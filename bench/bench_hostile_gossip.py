@@ -100,14 +100,16 @@ def figure_2() -> None:
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_kib(pid: int, key: str = "VmRSS") -> int:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
     return 0
 
 
@@ -130,7 +132,8 @@ def figure_3() -> None:
         _, status = w.bridges[w.nodes[0]].get("/readyz")
     print(f"3. bridge, two bomb members in the gossip: {bombed[0]:.2f} s CPU per "
           f"{WINDOW_S:.0f} s, RSS {bombed[1] / 1024:.1f} MiB (peak {bombed[2] / 1024:.1f})  |  "
-          f"without: {plain[0]:.2f} s CPU, RSS {plain[1] / 1024:.1f} MiB  |  readyz: {status}")  # fmt: skip
+          f"without: {plain[0]:.2f} s CPU, RSS {plain[1] / 1024:.1f} MiB  |  "
+          f"readyz: {status}")  # fmt: skip
 
 
 def figure_4() -> None:
@@ -162,7 +165,8 @@ def figure_4() -> None:
     print(f"4. plan_publish, bombs on 2 of 3 eligible members, 20 Services: first pass "
           f"{bomb_first * 1000:.1f} ms, steady {bomb_steady * 1000:.1f} ms  |  plain lists: "
           f"first {plain_first * 1000:.1f} ms, steady {plain_steady * 1000:.1f} ms  |  ratio "
-          f"{bomb_first / plain_first:.2f}x first, {bomb_steady / plain_steady:.2f}x steady")  # fmt: skip
+          f"{bomb_first / plain_first:.2f}x first, "
+          f"{bomb_steady / plain_steady:.2f}x steady")  # fmt: skip
 
 
 def main() -> None:
