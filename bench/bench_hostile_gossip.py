@@ -55,6 +55,12 @@ def run_measured(argv: list[str], env: dict[str, str] | None = None) -> tuple[fl
     return time.perf_counter() - start, usage.ru_maxrss, out.decode("utf-8", "replace")
 
 
+def median_run(argv: list[str], runs: int = 5) -> tuple[float, int, str]:
+    """The run with the median wall time of ``runs`` (a shared, loaded machine)."""
+    results = sorted((run_measured(argv) for _ in range(runs)), key=lambda r: r[0])
+    return results[runs // 2]
+
+
 def decode_in_fresh_process(value: str) -> tuple[float, int, str]:
     code = (
         "import sys,time;from serfbridge.cloudy import decode_members as d;"
@@ -86,12 +92,12 @@ def figure_2() -> None:
         )
         argv = [sys.executable, "-m", "serfbridge.cli", "--config", "/dev/null", "--rpc-addr",
                 cluster.agent("n3").rpc_addr, "services"]  # fmt: skip
-        bomb_s, bomb_rss, out = run_measured(argv)
+        bomb_s, bomb_rss, out = median_run(argv)
         for name in ("n1", "n2"):
             with SerfClient(cluster.agent(name).rpc_addr) as c:
                 c.tags({SERVICES_TAG: PLAIN})
         time.sleep(2)
-        plain_s, plain_rss, plain_out = run_measured(argv)
+        plain_s, plain_rss, plain_out = median_run(argv)
     print(f"2. `serfbridge services`, two bomb members: {bomb_s:.2f} s, peak RSS "
           f"{bomb_rss / 1024:.1f} MiB, {len(out.splitlines())} lines  |  two plain members: "
           f"{plain_s:.2f} s, {plain_rss / 1024:.1f} MiB, {len(plain_out.splitlines())} lines  "
@@ -130,10 +136,17 @@ def figure_3() -> None:
                 c.tags({"k8s": f"lab/{node}", SERVICES_TAG: BOMB})
         bombed = bridge_window(w)
         _, status = w.bridges[w.nodes[0]].get("/readyz")
-    print(f"3. bridge, two bomb members in the gossip: {bombed[0]:.2f} s CPU per "
-          f"{WINDOW_S:.0f} s, RSS {bombed[1] / 1024:.1f} MiB (peak {bombed[2] / 1024:.1f})  |  "
-          f"without: {plain[0]:.2f} s CPU, RSS {plain[1] / 1024:.1f} MiB  |  "
-          f"readyz: {status}")  # fmt: skip
+        # The bomb on a real Node's own agent: every peer's placement reads that list.
+        with SerfClient(w.agent_for(w.nodes[1]).rpc_addr) as c:
+            c.tags({SERVICES_TAG: BOMB})
+        on_node = bridge_window(w)
+        _, status_node = w.bridges[w.nodes[0]].get("/readyz")
+    print(f"3. bridge, two bomb members (claiming the Nodes) in the gossip: {bombed[0]:.2f} s "
+          f"CPU per {WINDOW_S:.0f} s, RSS {bombed[1] / 1024:.1f} MiB (peak "
+          f"{bombed[2] / 1024:.1f}), readyz {status}  |  and a bomb on the other Node's own "
+          f"agent: {on_node[0]:.2f} s CPU, RSS {on_node[1] / 1024:.1f} MiB (peak "
+          f"{on_node[2] / 1024:.1f}), readyz {status_node}  |  without bombs: {plain[0]:.2f} s "
+          f"CPU, RSS {plain[1] / 1024:.1f} MiB")  # fmt: skip
 
 
 def figure_4() -> None:
