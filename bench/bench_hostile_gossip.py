@@ -22,6 +22,7 @@ import bz2
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 from serfbridge import cloudy
@@ -43,16 +44,32 @@ PLAIN = encode_services(
 WINDOW_S = 30.0
 
 
-def run_measured(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, int, str]:
-    """(wall seconds, peak RSS KiB, stdout+stderr) of one child process."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
-    )
-    out = proc.stdout.read() if proc.stdout else b""
-    _, _, usage = os.wait4(proc.pid, 0)
-    proc.returncode = 0
-    return time.perf_counter() - start, usage.ru_maxrss, out.decode("utf-8", "replace")
+# The child reports its own peak RSS (VmHWM) at exit: wait4's ru_maxrss would count the
+# RSS the child inherited from this (big) process at fork, before exec.
+_REPORT_HWM = (
+    "import atexit,os\n"
+    "def _hwm():\n"
+    "    with open('/proc/self/status') as s, open(os.environ['BENCH_HWM'], 'w') as out:\n"
+    "        out.write(next(l for l in s if l.startswith('VmHWM:')).split()[1])\n"
+    "atexit.register(_hwm)\n"
+)
+
+
+def run_measured(argv: list[str]) -> tuple[float, int, str]:
+    """(wall seconds, peak RSS KiB, stdout+stderr) of ``python -c CODE ARGS`` in a child."""
+    with tempfile.NamedTemporaryFile("r") as hwm:
+        code, args = argv[0], argv[1:]
+        start = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, "-c", _REPORT_HWM + code, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "BENCH_HWM": hwm.name},
+            check=False,
+        )
+        elapsed = time.perf_counter() - start
+        peak = int(hwm.read() or 0)
+    return elapsed, peak, proc.stdout.decode("utf-8", "replace")
 
 
 def median_run(argv: list[str], runs: int = 5) -> tuple[float, int, str]:
@@ -67,7 +84,7 @@ def decode_in_fresh_process(value: str) -> tuple[float, int, str]:
         "t=time.perf_counter();r,w=d([('m','alive',{'services':sys.argv[1]})]);"
         "print(f'{time.perf_counter()-t:.6f}',len(r),len(w))"
     )
-    return run_measured([sys.executable, "-c", code, value])
+    return run_measured([code, value])
 
 
 def figure_1() -> None:
@@ -90,7 +107,7 @@ def figure_2() -> None:
             timeout=10,
             what="bombs gossiped",
         )
-        argv = [sys.executable, "-m", "serfbridge.cli", "--config", "/dev/null", "--rpc-addr",
+        argv = ["from serfbridge.cli import cli; cli()", "--config", "/dev/null", "--rpc-addr",
                 cluster.agent("n3").rpc_addr, "services"]  # fmt: skip
         bomb_s, bomb_rss, out = median_run(argv)
         for name in ("n1", "n2"):
