@@ -17,9 +17,9 @@ A verified member whose ``k8s`` tag names its Node has a bridge running there (t
 sets the tag), so the Node is ``bridged``: its own bridge writes it while it is alive.
 A record written by another bridge (the failure writer, or the writer of a Node with no
 bridge) is not trusted on its own; among the Node's candidates it only breaks ties, so a
-Node keeps the member it had. Choosing among candidates: an alive (or leaving) one first,
-then the record (own before other), then the name; when none is alive, the own record,
-then the other record, then the best status, then the name. So a restarted agent's new
+Node keeps the member it had. Choosing among candidates: only alive or leaving ones if
+there are any; among those, the own record, then the other record, then the best status,
+then the name. So a restarted agent's new
 member takes over from the old one at once, and an old name's later ``failed``/``left``
 never lands on the Node once a newer member holds the record. A member claiming another
 cluster is never ours. A ``k8s`` claim that names a Node the member is not bound to is
