@@ -23,6 +23,7 @@ from tests.lab.serfagents import AgentSpec
 from tests.test_to_serf import (
     agent_tags,
     create_service,
+    delete_service,
     make_namespace,
     port_spec,
     service_body,
@@ -109,6 +110,14 @@ def test_foreign_entries_that_fail_our_checks_never_stop_publishing(world) -> No
             bz2.compress(f"[{obj}]\n".encode(), 9)).decode()})  # fmt: skip
     w.start_bridges(args=["--namespace", ns])  # ready: every pass succeeded
     create_service(w, ns, service_body("web", [port_spec("http", 80)]))
+    try:
+        _check_published_next_to_foreign(w, ns)
+    finally:  # the apiserver is shared: later tests' bridges (all namespaces) must not see it
+        delete_service(w, ns, "web")
+
+
+def _check_published_next_to_foreign(w: World, ns: str) -> None:
+    k1, k2 = w.nodes
 
     def published() -> bool:
         return all(f"k8s=lab/{ns}/web/80" in raw_list(agent_tags(w.agent_for(n)).get(
