@@ -7,6 +7,12 @@ every value a string. Encoding our entries gives exactly the bytes avahi-ps woul
 decoding is tolerant of what Cloudy nodes really gossip (legacy single quotes, missing
 keys, non-string values) and reports per-entry problems instead of hiding the list.
 
+Peers' values are hostile data. A decode is bounded in input size, decompressed bytes,
+items and problem lines, so a bzip2 bomb costs one error, not the bridge's CPU or memory;
+results are cached by value (the raw tag string), so a value seen on every pass is
+decoded once. Each decoded entry keeps its JSON text (``Entry.raw``): entries we do not own
+are re-encoded byte for byte from it, never re-validated as ours.
+
 Callers: ``cli.py`` (``services``, ``publish``, ``unpublish``), ``plan_publish.py`` and the
 daemon (owned entries, the tag change to make), ``status``.
 
@@ -28,15 +34,27 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Protocol
 
+from serfbridge import bounded
 from serfbridge.errors import BudgetError, ServicesDecodeError, UsageError
+from serfbridge.printable import BIDI_CONTROLS, valid_text
 from serfbridge.rpc.budget import DEFAULT_TAG_LIMIT, encoded_tags_size, merged_tags
 
 #: The Serf tag avahi-ps's serf plug uses (§1.2).
 SERVICES_TAG = "services"
 #: Wire keys in the order avahi-ps writes them.
 WIRE_KEYS = ("s", "d", "m", "i", "p", "e", "t")
-#: Cap on the decompressed size of a peer's tag: a 2 KiB bzip2 bomb must not eat memory.
-MAX_DECODED_BYTES = 1 << 20
+#: Cap on a peer's tag value: Serf's tags fit in 512 bytes (2048 with forks), so a value
+#: this long is hostile and is refused before anything is decoded or cached.
+MAX_ENCODED_CHARS = 16 * 1024
+#: Cap on the decompressed size of a peer's tag: a bzip2 bomb must not eat memory. A real
+#: list that fits a 2048-byte budget decompresses to a few KiB.
+MAX_DECODED_BYTES = 32 * 1024
+#: Cap on the items of one list: 2048 bytes of tags hold at most ~150 real entries.
+MAX_ITEMS = 256
+#: Problem lines kept per list; the rest are summed up in one more line.
+MAX_PROBLEMS = 8
+#: Decode results kept by value, weighed by decoded size: bounds the cache's memory.
+CACHE_WEIGHT = 8 << 20
 #: Only `search` rows of members with this status are listed (avahi-ps: -status=alive).
 ALIVE = "alive"
 
@@ -57,6 +75,9 @@ class Entry:
     port: str = ""  # p (a string: real tags carry "TEST")
     microcloud: str = ""  # e
     txt: str = ""  # t
+    # The entry's JSON text as decoded from a tag ("" for an entry built here). Not an init
+    # field, so ``replace()`` drops it: a changed entry is encoded from its fields again.
+    raw: str = field(default="", init=False, compare=False, repr=False)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -72,12 +93,18 @@ class Entry:
         """Build from a wire object; missing keys become ""."""
         return cls(*(obj.get(k, "") for k in WIRE_KEYS))
 
+    def with_raw(self, raw: str) -> Entry:
+        """This entry, remembering the JSON text it was decoded from."""
+        copy = replace(self)
+        object.__setattr__(copy, "raw", raw)
+        return copy
+
+
+_FIELD_NAMES = tuple(f.name for f in fields(Entry) if f.init)
+
 
 def _values(entry: Entry) -> tuple[str, ...]:
-    return tuple(getattr(entry, f.name) for f in fields(entry))
-
-
-_FIELD_NAMES = tuple(f.name for f in fields(Entry))
+    return tuple(getattr(entry, name) for name in _FIELD_NAMES)
 
 
 @dataclass(frozen=True)
@@ -120,9 +147,10 @@ MemberInput = MemberLike | tuple[str, str, Mapping[str, str]]
 def encode_services(entries: Iterable[Entry]) -> str:
     """The ``services`` tag value avahi-ps would write for ``entries``, in this order.
 
-    Sanitized values need no JSON escaping, so the bytes are avahi-ps's exactly. Foreign
-    entries read from a tag are re-encoded faithfully (JSON escapes where needed); only
-    ``'`` is refused, because every reader turns it into ``"`` and loses the list.
+    Sanitized values need no JSON escaping, so the bytes are avahi-ps's exactly. An entry
+    read from a tag is written back as the JSON text it was read from, byte for byte
+    (another member's data never fails our write). For an entry built here, ``'`` is
+    refused, because every reader turns it into ``"`` and loses the list.
     """
     objects = [_encode_object(e) for e in entries]
     try:
@@ -133,6 +161,8 @@ def encode_services(entries: Iterable[Entry]) -> str:
 
 
 def _encode_object(entry: Entry) -> str:
+    if entry.raw:
+        return entry.raw
     for name, value in zip(_FIELD_NAMES, _values(entry), strict=True):
         if "'" in value:
             raise UsageError(f"{name} must not contain \"'\" (readers read it as '\"'): {value!r}")
@@ -151,25 +181,63 @@ def decode_services_report(value: str) -> DecodeResult:
     """Decode a peer's ``services`` value like avahi-ps's readers, but tolerantly.
 
     Raises ``ServicesDecodeError`` when the whole value is unreadable (bad base64 or
-    bzip2, not UTF-8, not JSON, not a list). Inside the list, a non-object item is skipped;
+    bzip2, not UTF-8, not JSON, not a list) or over a bound (``MAX_ENCODED_CHARS``,
+    ``MAX_DECODED_BYTES``, ``MAX_ITEMS``). Inside the list, a non-object item is skipped;
     a missing key reads as ""; a null, number or boolean is kept as its JSON text ("665",
-    "true"; null as ""); a nested list/object skips the entry. Each is one problem line.
+    "true"; null as ""); a nested list/object skips the entry. Each is one problem line,
+    at most ``MAX_PROBLEMS`` and one line counting the rest. Cached by value.
     """
-    text = _unpack(value).replace("'", '"')  # legacy lists (§1.2): readers sed ' to "
+    if len(value) > MAX_ENCODED_CHARS:
+        raise ServicesDecodeError(
+            f"services tag is {len(value)} characters long, over {MAX_ENCODED_CHARS}"
+        )
+    cached = _CACHE.get(value)
+    if cached is None:
+        cached = _decode_uncached(value)
+        _CACHE.put(value, cached)
+    if isinstance(cached, str):
+        raise ServicesDecodeError(cached)
+    return cached
+
+
+def _decode_uncached(value: str) -> DecodeResult | str:
+    """The result, or the message of the decode error (cached as text, not as an exception:
+    re-raising one instance would grow its traceback at every pass)."""
     try:
-        data = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise ServicesDecodeError(f"services tag is not valid JSON: {exc}") from exc
-    if not isinstance(data, list):
-        kind = _json_kind(data)
-        raise ServicesDecodeError(f"services tag is not a JSON list (got {kind})")
+        text = _unpack(value).replace("'", '"')  # legacy lists (§1.2): readers sed ' to "
+        items = _split_list(text)
+    except ServicesDecodeError as exc:
+        return str(exc)
     entries: list[Entry] = []
     problems: list[str] = []
-    for index, item in enumerate(data, start=1):
+    for index, (item, raw) in enumerate(items, start=1):
         entry = _decode_item(item, f"entry {index}", problems)
         if entry is not None:
-            entries.append(entry)
+            entries.append(entry.with_raw(raw))
+    if len(problems) > MAX_PROBLEMS:
+        problems[MAX_PROBLEMS:] = [f"and {len(problems) - MAX_PROBLEMS} more problems"]
     return DecodeResult(tuple(entries), tuple(problems))
+
+
+def _split_list(text: str) -> list[tuple[object, str]]:
+    try:
+        return bounded.split_json_list(text, max_items=MAX_ITEMS)
+    except bounded.NotAList as exc:
+        raise ServicesDecodeError(f"services tag is not a JSON list (got {exc.kind})") from exc
+    except bounded.TooManyItems as exc:
+        raise ServicesDecodeError(f"services tag has more than {MAX_ITEMS} entries") from exc
+    except ValueError as exc:
+        raise ServicesDecodeError(f"services tag is not valid JSON: {exc}") from exc
+
+
+def _weight(value: str, result: DecodeResult | str) -> int:
+    """Roughly the bytes a cached result holds (an entry object is ~400 bytes)."""
+    if isinstance(result, str):
+        return len(value) + len(result)
+    return len(value) + sum(len(e.raw) + 400 for e in result.entries)
+
+
+_CACHE: bounded.WeightedCache[DecodeResult | str] = bounded.WeightedCache(CACHE_WEIGHT, _weight)
 
 
 def _unpack(value: str) -> str:
@@ -227,9 +295,7 @@ def _decode_item(item: object, where: str, problems: list[str]) -> Entry | None:
     return Entry.from_wire(wire)
 
 
-def _json_kind(value: object) -> str:
-    kinds = {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}
-    return kinds.get(type(value), "number")
+_json_kind = bounded.json_kind
 
 
 # --- search (what avahi-ps search prints) -----------------------------------------------
@@ -294,8 +360,17 @@ def search_json(rows: Iterable[Mapping[str, str]]) -> str:
     """``avahi-ps search``'s line: ``[obj,obj,...]`` of jq -c objects, no trailing newline.
 
     avahi-ps emits rows in reverse order; ``search_json(reversed(rows))`` is byte-identical.
+    Strict parsers (PHP's, in Cloudy's UI) reject a whole list for one invalid string, so
+    undecodable bytes and lone surrogates from gossip become U+FFFD, as jq does.
     """
-    objects = (json.dumps(dict(r), separators=(",", ":"), ensure_ascii=False) for r in rows)
+    objects = (
+        json.dumps(
+            {valid_text(k): valid_text(v) for k, v in r.items()},
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
+        for r in rows
+    )
     # jq -c escapes DEL, Python's json does not; DEL only occurs inside strings.
     return ("[" + ",".join(objects) + "]").replace("\x7f", "\\u007f")
 
@@ -325,8 +400,9 @@ def sanitize_entry(entry: Entry) -> Entry:
     whitespace is dropped and each inner run of whitespace becomes one ``_``. Nothing else
     is rewritten: avahi-ps turns ``&`` in txt into a space, which corrupts the list on the
     next read-modify-write (§1.8), so ``&`` and whitespace are refused instead, as are
-    ``'``, ``"``, ``\\`` and control characters in every field. The port becomes its
-    canonical number (``"030080"`` -> ``"30080"``) so (type, port) keys compare equal.
+    ``'``, ``"``, ``\\``, control and bidirectional control characters in every field.
+    The port becomes its canonical number (``"030080"`` -> ``"30080"``) so (type, port)
+    keys compare equal.
     """
     description = "_".join(entry.description.split())
     cleaned = replace(entry, description=description, port=_check_port(entry.port))
@@ -354,6 +430,8 @@ def _forbidden_reason(name: str, char: str) -> str:
         return "whitespace corrupts avahi-ps lists"
     if unicodedata.category(char) in ("Cc", "Cs"):
         return "control character"
+    if char in BIDI_CONTROLS:
+        return "bidirectional control character: it reorders what the UI shows"
     if name == "type" and not _TYPE_RE.fullmatch(char):
         return "a type is letters, digits, '_', '.' and '-': avahi-ps greps for it"
     return ""

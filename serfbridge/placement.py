@@ -83,12 +83,16 @@ def fits(room: NodeRoom, ours: Sequence[Entry], limit: int) -> bool:
     """True when the room's tags, with ``ours`` after its foreign entries, fit ``limit``."""
     if not room.writable:
         return False
-    value = _encoded((*room.foreign, *ours))
+    entries = (*room.foreign, *ours)
+    value = _encoded(entries, tuple(e.raw for e in entries))
     return encoded_tags_size({**room.base, cloudy.SERVICES_TAG: value}) <= limit
 
 
 @functools.lru_cache(maxsize=2048)
-def _encoded(entries: tuple[Entry, ...]) -> str:
+def _encoded(entries: tuple[Entry, ...], raws: tuple[str, ...]) -> str:
     """bzip2 is the cost of placement; every pass of every bridge tries the same lists
-    again while nothing changes, so the steady state costs almost nothing."""
+    again while nothing changes, so the steady state costs almost nothing. ``raws`` is
+    part of the key: entries compare by their fields, but foreign ones are encoded from
+    their exact text (``Entry.raw``), which two equal entries may spell differently."""
+    del raws  # only a cache key; encode_services reads each entry's own raw
     return cloudy.encode_services(entries)

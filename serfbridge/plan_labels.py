@@ -4,18 +4,19 @@ The one brain of the to-k8s direction: the event handler, the daemon and
 ``sync --dry-run`` all call ``plan_labels`` and hand the result to one applier. Rules
 (DESIGN.md "Kubernetes keys" and "One writer"):
 
-* a member is matched to a Node by its ``k8s`` tag (``<cluster>/<node>``), then by its
-  address among the Node's addresses (only when unique), then by name, and last by the
-  Node's ``P/serf-member`` annotation (the member its own bridge recorded, so a Node whose
-  agent has no ``k8s`` tag, e.g. with the handler alone, is still recognised by every
-  bridge); members of other clusters, and Cloudy nodes that are not Kubernetes nodes, are
-  left alone;
+* a member is matched to a Node by ``matching.py``: what the Node's own bridge recorded
+  on it through the API (``P/serf-member``, ``P/serf-addr``, ``P/serf-recorded-by``), or an
+  address only that Node has; the ``k8s`` tag is a hint, and a claim that cannot be
+  verified is ignored and counted; members of other clusters, and Cloudy nodes that are
+  not Kubernetes nodes, are left alone;
 * ``P/serf-status`` follows the member's status; allowed tags become ``P/tag.<key>`` when
   key and value are valid label syntax, everything else is skipped and counted;
 * only keys listed in the Node's ``P/owned-labels`` are ever removed, and only inside
   ``P/``: labels anyone else set are never touched;
-* a Node whose member is alive is written by its own bridge; a failed, left or vanished
-  member's Node by the alive bridge ranked first by rendezvous hash of the Node's name,
+* a Node whose member is alive is written by its own bridge (which records its agent's
+  member on it); a failed, left or vanished member's Node, and an alive one no bridge of
+  its own has recorded (a Node with no bridge), by the alive bridge ranked first by
+  rendezvous hash of the Node's name among the bridges that recorded themselves,
   and only while this bridge sees more than half of the cluster's Nodes alive (Nodes
   whose member left gracefully do not count: a goodbye is no sign of a partition).
 
@@ -30,18 +31,18 @@ from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from serfbridge import rendezvous
+from serfbridge import matching, rendezvous
 from serfbridge.config import DEFAULT_TAG_ALLOW  # every tag but `services` and `k8s`
 from serfbridge.errors import ConfigError
 from serfbridge.kubemodels import NodeInfo
 from serfbridge.rpc.models import Member
 
-K8S_TAG = "k8s"
+K8S_TAG = matching.K8S_TAG
+UNVERIFIED = "k8s tag claims a Node it cannot be verified for"
 _LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
 _LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _WRITER_STATES = ("alive", "leaving")  # the Node's own bridge is up and writes for itself
-_STATUS_RANK = {"alive": 0, "leaving": 1, "failed": 2, "left": 3}
 
 
 def is_label_name(name: str) -> bool:
@@ -98,55 +99,28 @@ class LabelPlan:
 
 def maybe_k8s_claim(member: Member) -> tuple[str, str] | None:
     """(cluster, node) from the member's ``k8s`` tag, or None."""
-    cluster, sep, node = member.tags.get(K8S_TAG, "").partition("/")
-    return (cluster, node) if sep and cluster and node else None
+    return matching.maybe_claim(member)
+
+
+def match(
+    members: Iterable[Member], nodes: Mapping[str, NodeInfo], settings: LabelSettings
+) -> matching.Match:
+    """The identity rule (``matching.match``) with this bridge's settings."""
+    return matching.match(
+        members,
+        nodes,
+        cluster=settings.cluster,
+        prefix=settings.prefix,
+        self_node=settings.self_node,
+        self_member=settings.self_member,
+    )
 
 
 def match_members(
     members: Iterable[Member], nodes: Mapping[str, NodeInfo], settings: LabelSettings
 ) -> dict[str, Member]:
-    """Node name -> the member that speaks for it (best status first when several claim)."""
-    by_addr: dict[str, list[str]] = {}
-    recorded: dict[str, str] = {}
-    for info in nodes.values():
-        for _, addr in info.addresses:
-            by_addr.setdefault(addr, []).append(info.name)
-        member_name = info.annotations.get(settings.key("serf-member"))
-        if member_name:
-            recorded[member_name] = info.name
-    claims: dict[str, list[Member]] = {}
-    for member in members:
-        node = _match_one(member, nodes, by_addr, recorded, settings)
-        if node is not None:
-            claims.setdefault(node, []).append(member)
-    chosen = {node: min(ms, key=_preference) for node, ms in claims.items()}
-    mine = [m for m in claims.get(settings.self_node, ()) if m.name == settings.self_member]
-    if mine:  # our own agent is the truth about our Node, whatever a peer gossips
-        chosen[settings.self_node] = mine[0]
-    return chosen
-
-
-def _match_one(
-    member: Member,
-    nodes: Mapping[str, NodeInfo],
-    by_addr: Mapping[str, list[str]],
-    recorded: Mapping[str, str],
-    settings: LabelSettings,
-) -> str | None:
-    if member.name == settings.self_member:
-        return settings.self_node if settings.self_node in nodes else None
-    claim = maybe_k8s_claim(member)
-    if claim is not None:
-        cluster, node = claim
-        return node if cluster == settings.cluster and node in nodes else None
-    candidates = by_addr.get(member.addr, [])
-    if len(candidates) == 1:
-        return candidates[0]
-    return member.name if member.name in nodes else recorded.get(member.name)
-
-
-def _preference(member: Member) -> tuple[int, str]:
-    return _STATUS_RANK.get(member.status, 9), member.name
+    """Node name -> the member that speaks for it."""
+    return match(members, nodes, settings).members()
 
 
 # --- what a Node should carry -----------------------------------------------------------
@@ -158,9 +132,17 @@ def _clean(text: str) -> str:
 
 
 def desired_metadata(
-    member: Member, settings: LabelSettings, skipped: Counter[str]
+    member: Member,
+    settings: LabelSettings,
+    skipped: Counter[str],
+    *,
+    recorded_by: str | None = None,
 ) -> tuple[dict[str, str], dict[str, str]]:
-    """The labels and annotations ``member`` maps to; rejects are counted in ``skipped``."""
+    """The labels and annotations ``member`` maps to; rejects are counted in ``skipped``.
+
+    ``recorded_by`` is the ``P/serf-recorded-by`` to write (``matching.Binding``); by
+    default this bridge's own node, as when it writes its own Node.
+    """
     allow = re.compile(settings.tag_allow)
     labels = {
         settings.key("serf-status"): member.status if is_label_value(member.status) else "unknown"
@@ -174,9 +156,7 @@ def desired_metadata(
             skipped["tag value is not label syntax"] += 1
         else:
             labels[settings.key(f"tag.{key}")] = value
-    addr = (
-        f"[{member.addr}]:{member.port}" if ":" in member.addr else f"{member.addr}:{member.port}"
-    )
+    addr = matching.member_addr(member)
     tags_json = json.dumps(
         {_clean(k): _clean(v) for k, v in member.tags.items()},
         sort_keys=True,
@@ -186,6 +166,7 @@ def desired_metadata(
     annotations = {
         settings.key("serf-member"): _clean(member.name),
         settings.key("serf-addr"): addr,
+        settings.key("serf-recorded-by"): recorded_by or settings.self_node,
         settings.key("serf-tags"): tags_json,
         settings.key("owned-labels"): ",".join(sorted(labels)),
     }
@@ -199,7 +180,8 @@ def owned_labels(node: NodeInfo, settings: LabelSettings) -> set[str]:
 
 
 def _owned_annotations(settings: LabelSettings) -> list[str]:
-    return [settings.key(k) for k in ("serf-member", "serf-addr", "serf-tags", "owned-labels")]
+    keys = ("serf-member", "serf-addr", "serf-recorded-by", "serf-tags", "owned-labels")
+    return [settings.key(k) for k in keys]
 
 
 def diff_metadata(
@@ -241,8 +223,10 @@ def plan_labels(
     failure label written in that window would slip past the partition guard. The daemon
     holds failures back this way (``--failure-hold``); one-shot callers pass nothing.
     """
-    matched = match_members(members, nodes, settings)
+    found = match(members, nodes, settings)
+    matched = found.members()
     alive = sorted(n for n, m in matched.items() if m.status == "alive")
+    writers = [n for n in alive if _recorded_itself(n, found.bindings[n], nodes, settings)]
     # A member that left said goodbye: it is no sign of a partition, so it does not count.
     present = [n for n, m in matched.items() if m.status != "left"]
     guarded = 2 * len(alive) <= len(present)
@@ -255,20 +239,28 @@ def plan_labels(
         else []
     )
     skipped: Counter[str] = Counter()
+    if found.unverified:
+        skipped[UNVERIFIED] = len(found.unverified)
+        shown = ", ".join(repr(n) for n in found.unverified[:3])
+        more = f" and {len(found.unverified) - 3} more" if len(found.unverified) > 3 else ""
+        notes.append(f"ignored unverifiable k8s claims of members {shown}{more}")
     patches = []
     for name in sorted(nodes):
-        member = matched.get(name)
+        binding = found.bindings.get(name)
+        member = binding.member if binding is not None else None
         if member is not None and member.name in unsettled:
             notes.append(f"{name}: member {member.name} failed recently; waiting to be sure")
             continue
-        reason = _why_we_write(name, member, alive, guarded, settings)
+        reason = _why_we_write(name, binding, writers, guarded, settings)
         if reason is None:
             continue
-        if member is None:
+        if binding is None:
             labels: dict[str, str] = {}
             annotations: dict[str, str] = {}
         else:
-            labels, annotations = desired_metadata(member, settings, skipped)
+            labels, annotations = desired_metadata(
+                binding.member, settings, skipped, recorded_by=binding.recorded_by
+            )
         label_patch, ann_patch = diff_metadata(nodes[name], labels, annotations, settings)
         patch = NodePatch(name, label_patch, ann_patch, reason)
         if not patch.empty:
@@ -276,16 +268,39 @@ def plan_labels(
     return LabelPlan(tuple(patches), dict(skipped), tuple(notes))
 
 
+def _recorded_itself(
+    node: str, binding: matching.Binding, nodes: Mapping[str, NodeInfo], settings: LabelSettings
+) -> bool:
+    """True when ``node``'s own bridge has recorded its member: it can write for others.
+
+    Every bridge judges this from the API's records, its own Node included, so all agree
+    on who ranks first."""
+    record = matching.maybe_record(nodes[node], matching.Keys.for_prefix(settings.prefix))
+    return record is not None and record.own(node) and record.member == binding.member.name
+
+
 def _why_we_write(
-    node: str, member: Member | None, alive: Sequence[str], guarded: bool, settings: LabelSettings
+    node: str,
+    binding: matching.Binding | None,
+    writers: Sequence[str],
+    guarded: bool,
+    settings: LabelSettings,
 ) -> str | None:
     """Why this bridge is the one writer for ``node``, or None when it is not."""
-    if member is not None and member.status in _WRITER_STATES:
-        return "own node" if node == settings.self_node else None
-    if guarded or settings.self_node not in alive:
+    member = binding.member if binding is not None else None
+    if node == settings.self_node and member is not None and member.status in _WRITER_STATES:
+        return "own node"
+    if binding is not None and binding.bridged and binding.member.status in _WRITER_STATES:
+        return None  # its own bridge is up and writes it
+    if guarded or settings.self_node not in writers:
         return None
-    first = rendezvous.rank(node, [n for n in alive if n != node])[:1]
+    first = rendezvous.rank(node, [n for n in writers if n != node])[:1]
     if first != [settings.self_node]:
         return None
-    state = member.status if member is not None else "gone from the gossip"
+    if member is None:
+        state = "gone from the gossip"
+    elif member.status in _WRITER_STATES:
+        state = f"{member.status} with no bridge of its own"
+    else:
+        state = member.status
     return f"member {state}; this bridge ranks first for {node}"

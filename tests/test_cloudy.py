@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import bz2
+import dataclasses
 import json
 import random
 import re
@@ -173,7 +174,7 @@ RANDOM_B64ISH = "".join(_RNG.choice(string.ascii_letters + "0123456789+/") for _
         pytest.param(recipe_encode(b'[{"s":"x",'), "JSON", id="invalid-json"),
         pytest.param(recipe_encode(b'{"s":"x"}\n'), "not a JSON list (got object)", id="object"),
         pytest.param(recipe_encode(b'"x"\n'), "not a JSON list (got string)", id="string"),
-        pytest.param(recipe_encode(b"[" * 100_000), "JSON", id="deep-nesting"),
+        pytest.param(recipe_encode(b"[" * 30_000), "JSON", id="deep-nesting"),  # under the byte cap
         pytest.param(recipe_encode(RANDOM_TEXT.encode()), "JSON", id="random-text-in-bzip2"),
         pytest.param(RANDOM_TEXT, "base64", id="400-bytes-random-text"),
         pytest.param(RANDOM_B64ISH, "bzip2", id="400-bytes-random-base64-alphabet"),
@@ -540,3 +541,84 @@ def test_owner_txt_round_trip():
     txt = owner_txt(cluster="lab", namespace="apps", service="nginx", port=30080)
     assert txt == "k8s=lab/apps/nginx/30080"
     assert maybe_owner(Entry(txt=txt)) == ("lab", "apps", "nginx", "30080")
+
+
+# --- issue 13: bounded, cached decoding ---------------------------------------------------
+
+
+def test_bomb_of_empty_objects_is_one_error_fast() -> None:
+    """The review's bomb: 1 MiB of [{},{},...] (128 characters of tag)."""
+    import time
+
+    from serfbridge import cloudy
+
+    bomb = recipe_encode(b"[" + b"{}," * 349_525 + b"{}]")
+    assert len(bomb) < 200
+    start = time.perf_counter()
+    rows, warnings = decode_members([("m1", "alive", {SERVICES_TAG: bomb})])
+    assert time.perf_counter() - start < 1.0
+    assert rows == [] and len(warnings) == 1 and "expands beyond" in warnings[0]
+    cloudy._CACHE.clear()
+
+
+def test_too_many_items_and_too_many_problems_are_bounded() -> None:
+    from serfbridge.cloudy import MAX_ITEMS, MAX_PROBLEMS
+
+    many = recipe_encode(b"[" + b"{}," * MAX_ITEMS + b"{}]")
+    with pytest.raises(ServicesDecodeError, match="more than"):
+        decode_services(many)
+    odd = recipe_encode(b"[" + b"{}," * 20 + b"{}]")
+    result = decode_services_report(odd)
+    assert len(result.entries) == 21
+    assert len(result.problems) == MAX_PROBLEMS + 1
+    assert result.problems[-1] == f"and {21 * 7 - MAX_PROBLEMS} more problems"
+
+
+def test_oversized_value_is_refused_before_decoding() -> None:
+    from serfbridge.cloudy import MAX_ENCODED_CHARS
+
+    with pytest.raises(ServicesDecodeError, match="characters long"):
+        decode_services("A" * (MAX_ENCODED_CHARS + 1))
+
+
+def test_decoding_is_cached_by_value(monkeypatch) -> None:
+    from serfbridge import cloudy
+
+    calls = []
+    real = cloudy._unpack
+    monkeypatch.setattr(cloudy, "_unpack", lambda v: calls.append(v) or real(v))
+    value = recipe_encode(b'[{"s":"cached","d":"x","m":"","i":"","p":"9","e":"","t":""}]\n')
+    bad = value[:-8]
+    for _ in range(3):
+        assert decode_services(value)[0].type == "cached"
+        with pytest.raises(ServicesDecodeError):
+            decode_services(bad)
+    assert calls == [value, bad]
+
+
+def test_decoded_entries_keep_their_json_text_and_encode_back_from_it() -> None:
+    obj = '{"d":"it\\u0027s \\ud800","s":"x","p":1}'
+    [entry] = decode_services(recipe_encode(f"[ {obj} ]\n".encode()))
+    assert entry.raw == obj and entry.description == "it's \ud800"
+    assert _unpack_text(encode_services([entry])) == f"[{obj}]\n"
+    changed = dataclasses.replace(entry, port="2")  # a changed entry is ours: checked again
+    assert changed.raw == ""
+    with pytest.raises(UsageError):
+        encode_services([changed])
+
+
+def _unpack_text(value: str) -> str:
+    return bz2.decompress(base64.b64decode(value)).decode()
+
+
+@pytest.mark.parametrize("char", ["\u202e", "\u2066", "\u200f", "\u061c"])
+def test_publishing_refuses_bidi_controls(char: str) -> None:
+    with pytest.raises(UsageError, match="bidirectional"):
+        make_entry(description=f"evil{char}gpj.exe", type="web", port=80)
+
+
+def test_search_json_is_always_valid_utf8() -> None:
+    rows = [{"node_id": "n\udcff", "s": "x", "d": "\ud800", "m": "ok\u00e9"}]
+    line = search_json(rows)
+    line.encode("utf-8")  # strict: no lone surrogates left
+    assert json.loads(line) == [{"node_id": "n\ufffd", "s": "x", "d": "\ufffd", "m": "ok\u00e9"}]

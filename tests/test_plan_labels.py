@@ -40,7 +40,13 @@ def node(name: str, addr: str = "", labels=None, annotations=None) -> NodeInfo:
     )
 
 
-NODES = {n: node(n) for n in ("k1", "k2", "k3")}
+def recorded(name: str, **annotations: str) -> NodeInfo:
+    """A Node on which its own bridge recorded its member (the steady state)."""
+    own = {f"{P}/serf-member": f"serf-{name}", f"{P}/serf-recorded-by": name}
+    return node(name, annotations={**own, **annotations})
+
+
+NODES = {n: recorded(n) for n in ("k1", "k2", "k3")}
 
 
 def cluster_members(**status: str) -> list[Member]:
@@ -54,10 +60,12 @@ def cfg(self_node: str = "k1", **kw) -> LabelSettings:
 @pytest.mark.parametrize(
     ("m", "expected"),
     [
-        pytest.param(member("x", k8s="lab/k2"), "k2", id="by-k8s-tag"),
+        # The issue-13 rule: a k8s tag (or a name) alone is a claim anyone can gossip.
+        pytest.param(member("x", k8s="lab/k2"), None, id="k8s-tag-alone-is-no-proof"),
+        pytest.param(member("serf-k2", k8s="lab/k2"), "k2", id="by-own-record"),
         pytest.param(member("k3", k8s="other/k3"), None, id="other-cluster-left-alone"),
         pytest.param(member("x", addr="10.0.0.2"), "k2", id="by-address"),
-        pytest.param(member("k3"), "k3", id="by-name"),
+        pytest.param(member("k3"), None, id="name-alone-is-no-proof"),
         pytest.param(member("cloudy-node"), None, id="cloudy-node-not-k8s"),
         pytest.param(member("x", k8s="lab/nope"), None, id="claims-unknown-node"),
     ],
@@ -68,7 +76,8 @@ def test_matching_order(m: Member, expected: str | None) -> None:
 
 
 def test_alive_member_wins_over_a_failed_one_for_the_same_node() -> None:
-    old, new = member("old", "failed", k8s="lab/k2"), member("new", "alive", k8s="lab/k2")
+    old = member("old", "failed", addr="10.0.0.2", k8s="lab/k2")
+    new = member("new", "alive", addr="10.0.0.2", k8s="lab/k2")
     assert match_members([old, new], NODES, cfg())["k2"] is new
 
 
@@ -81,7 +90,7 @@ def test_own_agent_is_authoritative_against_an_impostor() -> None:
 def test_own_node_labels_and_annotations() -> None:
     members = cluster_members()
     members[0] = member("serf-k1", k8s="lab/k1", role="web", services="QlpoOTFB")
-    plan = plan_labels(members, NODES, cfg())
+    plan = plan_labels(members, {**NODES, "k1": node("k1")}, cfg())  # k1 not recorded yet
     [patch] = plan.patches
     assert patch.node == "k1" and patch.reason == "own node"
     assert patch.labels == {f"{P}/serf-status": "alive", f"{P}/tag.role": "web"}
@@ -139,6 +148,7 @@ def test_labels_set_by_others_are_never_touched_and_only_owned_keys_removed() ->
     assert set(patch.annotations) == {
         f"{P}/serf-member",
         f"{P}/serf-addr",
+        f"{P}/serf-recorded-by",  # issue 13: who recorded the identity
         f"{P}/serf-tags",
         f"{P}/owned-labels",
     }
@@ -146,7 +156,7 @@ def test_labels_set_by_others_are_never_touched_and_only_owned_keys_removed() ->
 
 def test_unchanged_node_gives_no_patch() -> None:
     members = cluster_members()
-    [patch] = plan_labels(members, NODES, cfg()).patches
+    [patch] = plan_labels(members, {**NODES, "k1": node("k1")}, cfg()).patches
     synced = node(
         "k1",
         labels={k: v for k, v in patch.labels.items() if v is not None},
@@ -226,8 +236,8 @@ def test_any_gossip_gives_only_valid_labels_inside_the_prefix(tags, name, status
 
 
 def test_a_member_recorded_on_its_node_is_recognised_by_other_bridges() -> None:
-    recorded = node("k2", annotations={f"{P}/serf-member": "cloudy-abc"})
-    nodes = {**NODES, "k2": recorded}
+    own_record = {f"{P}/serf-member": "cloudy-abc", f"{P}/serf-recorded-by": "k2"}
+    nodes = {**NODES, "k2": node("k2", annotations=own_record)}
     stranger = member("cloudy-abc")  # no k8s tag, unmatched address and name
     assert match_members([stranger], nodes, cfg())["k2"] is stranger
     other_cluster = member("cloudy-abc", k8s="other/k2")

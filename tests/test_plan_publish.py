@@ -341,3 +341,52 @@ def test_event_reporter_retries_failures_and_reports_again_after_a_gap() -> None
     )
     assert reporter.report(kube, recreated, left) == 1  # a re-created Service is a new object
     assert [uid for _, uid, _, _ in kube.sent] == ["a", "a", "a2"]
+
+
+# --- issue 13: another member's data never fails our pass ---------------------------------
+
+HOSTILE_FOREIGN = [
+    pytest.param('{"s":"x","d":"it\\u0027s","m":"","i":"","p":"1","e":"","t":""}', id="quote"),
+    pytest.param('{"s":"x","d":"\\ud800","m":"","i":"","p":"1","e":"","t":""}', id="surrogate"),
+    pytest.param('{"s":"x","p":665,"d":null}', id="legacy-types"),
+]
+
+
+def _tag(*objects: str) -> str:
+    import base64
+    import bz2
+
+    raw = ("[" + ",".join(objects) + "]\n").encode()
+    return base64.b64encode(bz2.compress(raw, 9)).decode()
+
+
+@pytest.mark.parametrize("foreign", HOSTILE_FOREIGN)
+def test_a_hostile_foreign_entry_is_kept_byte_for_byte_and_never_fails_the_pass(foreign) -> None:
+    """On our own node and on a peer's room: kept as it was, counted in the budget."""
+    services = [svc("web", (80, 30080))]
+    owner = publishers(services)["30080"][0]
+    current = {"services": _tag(foreign)}
+    p = plan(services, self_node=owner, current=current)
+    written = p.change.set_tags["services"]
+    text = cloudy._unpack(written)
+    assert text.startswith("[" + foreign + ",")  # exactly its bytes, first, then ours
+    assert [e.port for e in p.entries] == ["30080"]
+    assert p.budget_used == encoded_tags_size(p.tags) <= 512
+
+
+def test_a_hostile_foreign_entry_on_a_peer_does_not_fail_our_placement() -> None:
+    services = [svc("web", (80, 30080))]
+    peers = members()
+    peers[1] = peers[1]._replace(
+        tags={**peers[1].tags, "services": _tag(HOSTILE_FOREIGN[0].values[0])}
+    )
+    settings = PublishSettings(self_node="k1", cluster="lab", self_member="serf-k1")
+    p = plan_publish(
+        services={"default/web": services[0]},
+        slices={},
+        nodes=NODES,
+        members=peers,
+        current_tags={},
+        settings=settings,
+    )
+    assert p.left_out == ()

@@ -9,6 +9,7 @@ import click
 
 from serfbridge.cli.base import _client, cli, parse_pairs
 from serfbridge.errors import UsageError
+from serfbridge.printable import escape_controls, valid_text
 from serfbridge.rpc.client import check_regex
 from serfbridge.rpc.models import (
     LogLine,
@@ -25,8 +26,22 @@ from serfbridge.rpc.models import (
 
 
 def format_member_line(m: Member, width: int) -> str:
+    """One table row; names, statuses and tags come from gossip, so controls are escaped."""
     tags = ",".join(f"{k}={v}" for k, v in sorted(m.tags.items()))
-    return f"{m.name:<{width}}  {m.addr}:{m.port:<6}  {m.status:<7}  {tags}".rstrip()
+    name, status, tags = (escape_controls(t) for t in (m.name, m.status, tags))
+    return f"{name:<{width}}  {m.addr}:{m.port:<6}  {status:<7}  {tags}".rstrip()
+
+
+def _valid_json(value: object) -> object:
+    """Undecodable bytes from gossip as U+FFFD, like Go's encoding/json in `serf members`:
+    a lone surrogate escape would make strict parsers reject the whole output."""
+    if isinstance(value, str):
+        return valid_text(value)
+    if isinstance(value, dict):
+        return {valid_text(str(k)): _valid_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_valid_json(v) for v in value]
+    return value
 
 
 @cli.command()
@@ -61,9 +76,10 @@ def members(
         else:
             found = client.members()
     if as_json:
-        click.echo(json.dumps({"members": [m.to_json() for m in found]}, indent=2))
+        members_json = [_valid_json(m.to_json()) for m in found]
+        click.echo(json.dumps({"members": members_json}, indent=2))
         return
-    width = max((len(m.name) for m in found), default=0)
+    width = max((len(escape_controls(m.name)) for m in found), default=0)
     for m in found:
         click.echo(format_member_line(m, width))
 

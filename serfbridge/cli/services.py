@@ -9,6 +9,7 @@ import click
 
 from serfbridge import cloudy, local_services
 from serfbridge.cli.base import _client, cli
+from serfbridge.printable import escape_controls
 
 # --- Cloudy services (avahi-ps compatible) ----------------------------------------------
 
@@ -24,12 +25,20 @@ _COLUMNS = (
 
 
 def format_services_table(rows: list[dict[str, str]]) -> list[str]:
-    """Rows grouped by type, one block per type, like the Cloudy UI's tabs."""
+    """Rows grouped by type, one block per type, like the Cloudy UI's tabs.
+
+    Every cell comes from gossip: control characters are escaped, so a value cannot forge
+    rows or rewrite the terminal.
+    """
     lines: list[str] = []
     for service_type in local_services.service_types(rows):
-        block = [r for r in rows if r.get("s", "") == service_type]
+        block = [
+            {k: escape_controls(v) for k, v in r.items()}
+            for r in rows
+            if r.get("s", "") == service_type
+        ]
         widths = [max(len(title), *(len(r.get(k, "")) for r in block)) for k, title in _COLUMNS]
-        lines.append(f"{service_type or '(no type)'} ({len(block)})")
+        lines.append(f"{escape_controls(service_type) or '(no type)'} ({len(block)})")
         for cells in [
             [t for _, t in _COLUMNS],
             *([r.get(k, "") for k, _ in _COLUMNS] for r in block),
@@ -59,7 +68,7 @@ def services(ctx: click.Context, service_type: str | None, host: str | None, as_
         found = client.members()
     rows, warnings = cloudy.decode_members(found)
     for warning in warnings:
-        click.echo(f"warning: {warning}", err=True)
+        click.echo(f"warning: {escape_controls(warning)}", err=True)
     rows = cloudy.filter_rows(rows, service_type=service_type, host=host)
     if as_json:
         click.echo(cloudy.search_json(rows))

@@ -1,0 +1,51 @@
+"""Text from gossip made safe to show: escaped for terminals, valid for strict JSON parsers.
+
+Member names, tag values and ``services`` fields are whatever a peer gossips: newlines
+that forge table rows, ESC sequences that rewrite the terminal, bidi controls that reorder
+what is read, and undecodable bytes (the RPC layer keeps them as lone surrogates,
+``surrogateescape``). Callers: the ``members`` and ``services`` tables and JSON output
+(``cli/serf.py``, ``cli/services.py``, ``cloudy.search_json``).
+
+Pure string functions; must not change ordinary text (the avahi-ps drop-in format).
+"""
+
+from __future__ import annotations
+
+import re
+
+#: Bidirectional formatting characters (Unicode's Bidi_Control property): they reorder
+#: the text around them, so a value can display as something it is not.
+BIDI_CONTROLS = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+# C0 and C1 controls, DEL, line/paragraph separators, bidi controls, lone surrogates.
+_UNSAFE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u2028\u2029" + "".join(sorted(BIDI_CONTROLS)) + "\ud800-\udfff]"
+)
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def valid_text(text: str) -> str:
+    """``text`` with every lone surrogate (an undecodable byte) as U+FFFD: always UTF-8."""
+    return _SURROGATES.sub("\ufffd", text)
+
+
+def escape_controls(text: str) -> str:
+    """``text`` for one terminal cell: unsafe characters become visible escapes.
+
+    ``\\n``, ``\\r``, ``\\t`` by name; an undecodable byte as ``\\xNN`` (the byte it was);
+    other controls as ``\\xNN`` or ``\\uNNNN``. Everything else is unchanged.
+    """
+    return _UNSAFE.sub(_escape_one, text)
+
+
+def _escape_one(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    if char in _NAMED:
+        return _NAMED[char]
+    if 0xDC80 <= code <= 0xDCFF:  # surrogateescape: the original byte
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
