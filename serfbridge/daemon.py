@@ -474,11 +474,11 @@ def _read_line(conn: socket.socket, limit: int = 65536) -> str:
 
 def _listen_unix(path: str) -> socket.socket:
     """The handler socket; a stale file from a killed daemon is replaced."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)  # e.g. /proc/x: one line, exit 2
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
         sock.bind(path)
     except OSError as exc:
         sock.close()

@@ -29,35 +29,33 @@ _OCTAL = "01234567"
 _HEX = "0123456789abcdefABCDEF"
 _PERL_CLASSES = frozenset({"\\d", "\\D", "\\s", "\\S", "\\w", "\\W"})
 _POSIX_NAMES = "alnum alpha ascii blank cntrl digit graph lower print punct space upper word xdigit"
-_POSIX_CLASSES = frozenset(
-    f"[:{neg}{name}:]" for name in _POSIX_NAMES.split() for neg in ("", "^")
-)
+_POSIX_CLASSES = frozenset(f"[:{neg}{name}:]" for name in _POSIX_NAMES.split() for neg in ("", "^"))
 _C_ESCAPES = {"a": 7, "f": 12, "n": 10, "r": 13, "t": 9, "v": 11}
 #: Go 1.19's unicode.Categories and unicode.Scripts (Unicode 13), plus "Any".
-_UNICODE_NAMES = frozenset(
-    (
-        "Any C Cc Cf Co Cs L Ll Lm Lo Lt Lu M Mc Me Mn N Nd Nl No P Pc Pd Pe Pf Pi Po Ps S "
-        "Sc Sk Sm So Z Zl Zp Zs "
-    "Adlam Ahom Anatolian_Hieroglyphs Arabic Armenian Avestan Balinese Bamum Bassa_Vah "
-    "Batak Bengali Bhaiksuki Bopomofo Brahmi Braille Buginese Buhid Canadian_Aboriginal "
-    "Carian Caucasian_Albanian Chakma Cham Cherokee Chorasmian Common Coptic Cuneiform "
-    "Cypriot Cyrillic Deseret Devanagari Dives_Akuru Dogra Duployan Egyptian_Hieroglyphs "
-    "Elbasan Elymaic Ethiopic Georgian Glagolitic Gothic Grantha Greek Gujarati "
-    "Gunjala_Gondi Gurmukhi Han Hangul Hanifi_Rohingya Hanunoo Hatran Hebrew Hiragana "
-    "Imperial_Aramaic Inherited Inscriptional_Pahlavi Inscriptional_Parthian Javanese "
-    "Kaithi Kannada Katakana Kayah_Li Kharoshthi Khitan_Small_Script Khmer Khojki "
-    "Khudawadi Lao Latin Lepcha Limbu Linear_A Linear_B Lisu Lycian Lydian Mahajani "
-    "Makasar Malayalam Mandaic Manichaean Marchen Masaram_Gondi Medefaidrin Meetei_Mayek "
-    "Mende_Kikakui Meroitic_Cursive Meroitic_Hieroglyphs Miao Modi Mongolian Mro Multani "
-    "Myanmar Nabataean Nandinagari New_Tai_Lue Newa Nko Nushu Nyiakeng_Puachue_Hmong "
-    "Ogham Ol_Chiki Old_Hungarian Old_Italic Old_North_Arabian Old_Permic Old_Persian "
-    "Old_Sogdian Old_South_Arabian Old_Turkic Oriya Osage Osmanya Pahawh_Hmong Palmyrene "
-    "Pau_Cin_Hau Phags_Pa Phoenician Psalter_Pahlavi Rejang Runic Samaritan Saurashtra "
-    "Sharada Shavian Siddham SignWriting Sinhala Sogdian Sora_Sompeng Soyombo Sundanese "
-    "Syloti_Nagri Syriac Tagalog Tagbanwa Tai_Le Tai_Tham Tai_Viet Takri Tamil Tangut "
-    "Telugu Thaana Thai Tibetan Tifinagh Tirhuta Ugaritic Vai Wancho Warang_Citi Yezidi "
-    "Yi Zanabazar_Square "    ).split()
+_UNICODE_TEXT = (
+    "Any C Cc Cf Co Cs L Ll Lm Lo Lt Lu M Mc Me Mn N Nd Nl No P Pc Pd Pe Pf Pi Po Ps S "
+    "Sc Sk Sm So Z Zl Zp Zs Adlam Ahom Anatolian_Hieroglyphs Arabic Armenian Avestan "
+    "Balinese Bamum Bassa_Vah Batak Bengali Bhaiksuki Bopomofo Brahmi Braille Buginese "
+    "Buhid Canadian_Aboriginal Carian Caucasian_Albanian Chakma Cham Cherokee Chorasmian "
+    "Common Coptic Cuneiform Cypriot Cyrillic Deseret Devanagari Dives_Akuru Dogra "
+    "Duployan Egyptian_Hieroglyphs Elbasan Elymaic Ethiopic Georgian Glagolitic Gothic "
+    "Grantha Greek Gujarati Gunjala_Gondi Gurmukhi Han Hangul Hanifi_Rohingya Hanunoo "
+    "Hatran Hebrew Hiragana Imperial_Aramaic Inherited Inscriptional_Pahlavi "
+    "Inscriptional_Parthian Javanese Kaithi Kannada Katakana Kayah_Li Kharoshthi "
+    "Khitan_Small_Script Khmer Khojki Khudawadi Lao Latin Lepcha Limbu Linear_A Linear_B "
+    "Lisu Lycian Lydian Mahajani Makasar Malayalam Mandaic Manichaean Marchen "
+    "Masaram_Gondi Medefaidrin Meetei_Mayek Mende_Kikakui Meroitic_Cursive "
+    "Meroitic_Hieroglyphs Miao Modi Mongolian Mro Multani Myanmar Nabataean Nandinagari "
+    "New_Tai_Lue Newa Nko Nushu Nyiakeng_Puachue_Hmong Ogham Ol_Chiki Old_Hungarian "
+    "Old_Italic Old_North_Arabian Old_Permic Old_Persian Old_Sogdian Old_South_Arabian "
+    "Old_Turkic Oriya Osage Osmanya Pahawh_Hmong Palmyrene Pau_Cin_Hau Phags_Pa "
+    "Phoenician Psalter_Pahlavi Rejang Runic Samaritan Saurashtra Sharada Shavian "
+    "Siddham SignWriting Sinhala Sogdian Sora_Sompeng Soyombo Sundanese Syloti_Nagri "
+    "Syriac Tagalog Tagbanwa Tai_Le Tai_Tham Tai_Viet Takri Tamil Tangut Telugu Thaana "
+    "Thai Tibetan Tifinagh Tirhuta Ugaritic Vai Wancho Warang_Citi Yezidi Yi "
+    "Zanabazar_Square "
 )
+_UNICODE_NAMES = frozenset(_UNICODE_TEXT.split())
 
 
 class GoRegexError(ValueError):
@@ -229,7 +227,7 @@ class _Parser:
     def _parse_counts(self, i: int) -> tuple[int, int, int] | None:
         """``{n}``, ``{n,}``, ``{n,m}`` at i -> (min, max, end); None: '{' is a literal.
 
-        A number of 9 digits or more gives min -1 (too big), as in Go.
+        A number too big to count (over 8 digits) gives min -1, as in Go: refused.
         """
         low, t = self._parse_int(i + 1)
         if low is None or t >= self.n:
@@ -242,11 +240,10 @@ class _Parser:
             if self.s[t] == "}":
                 high = -1
             else:
-                high, t = self._parse_int(t)
-                if high is None:
+                parsed, t = self._parse_int(t)
+                if parsed is None:
                     return None
-                if high < 0:
-                    low = -1
+                high, low = parsed, (-1 if parsed < 0 else low)
         if t >= self.n or self.s[t] != "}":
             return None
         return low, high, t + 1
