@@ -1,0 +1,229 @@
+"""The Go-regexp syntax check: a table, the real agent's verdict on it, and a fuzzer.
+
+The oracle is a real ``serf agent``: ``members-filtered`` compiles each tag filter as
+``^<pattern>$`` and closes the connection when Go refuses it (reference/serf-rpc.md §3).
+It is asked over raw RPC (``tests.lab.serfagents.raw_request``), not through our client,
+so the agent's verdict never passes through the code under test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from serfbridge.cli import cli
+from serfbridge.errors import UsageError
+from serfbridge.re2syntax import MAX_PATTERN, check_go_regex, go_regex_error
+from serfbridge.rpc.client import SerfClient
+from tests.lab.serfagents import AgentSpec, LabError, SerfCluster, free_port, raw_request
+
+# (pattern, Go accepts it inside members-filtered's ^...$)
+CASES = [
+    # the issue's four: Python's re takes them, Go does not
+    pytest.param("x{1001}", False, id="repeat-over-1000"),
+    pytest.param("a*+", False, id="possessive"),
+    pytest.param("(?>a)", False, id="atomic-group"),
+    pytest.param(r"\Z", False, id="backslash-Z"),
+    # more that Python takes and Go refuses
+    pytest.param("(?=x)", False, id="lookahead"),
+    pytest.param("(?<!x)y", False, id="lookbehind"),
+    pytest.param(r"(a)\1", False, id="backreference"),
+    pytest.param("(?<n>a)", False, id="dotnet-named-group"),
+    pytest.param("(?P=n)", False, id="python-named-backref"),
+    pytest.param("a**", False, id="nested-star"),
+    pytest.param("a{2}{3}", False, id="nested-counts"),
+    pytest.param("a*??", False, id="nested-after-lazy"),
+    pytest.param("(a{100}){11}", False, id="nested-product-1100"),
+    pytest.param(r"\C", False, id="any-byte"),
+    pytest.param(r"\8", False, id="digit-escape"),
+    pytest.param(r"\q", False, id="letter-escape"),
+    pytest.param(r"\é", False, id="non-ascii-escape"),
+    pytest.param(r"\x{110000}", False, id="hex-over-max-rune"),
+    pytest.param(r"\xg1", False, id="bad-hex"),
+    pytest.param(r"\p{Foo}", False, id="unknown-unicode-class"),
+    pytest.param(r"\p{Cn}", False, id="category-go-lacks"),
+    pytest.param("[[:foo:]]", False, id="unknown-posix-class"),
+    pytest.param("[[:a]b:]]", False, id="posix-class-reaching-far"),
+    pytest.param(r"[a-\d]", False, id="range-to-class"),
+    pytest.param("[z-a]", False, id="reversed-range"),
+    pytest.param(r"[\b]", False, id="backspace-in-class"),
+    pytest.param("(?i-)", False, id="dangling-negation"),
+    pytest.param("(?i", False, id="unclosed-flags"),
+    pytest.param("(?P<>a)", False, id="empty-group-name"),
+    pytest.param("(?P<a-b>x)", False, id="bad-group-name"),
+    pytest.param("a{2,1}", False, id="counts-reversed"),
+    pytest.param("a{1000000000}", False, id="count-overflow"),
+    pytest.param("(a", False, id="unclosed-group"),
+    pytest.param("a)", False, id="stray-paren"),
+    pytest.param("[a", False, id="unclosed-class"),
+    pytest.param("(*)", False, id="star-after-paren"),
+    pytest.param("a|*", False, id="star-after-bar"),
+    pytest.param("\udcff", False, id="invalid-utf8"),
+    # Python's re refuses these, Go takes them
+    pytest.param(r"\pN", True, id="unicode-class-letter"),
+    pytest.param(r"\p{Greek}\P{^Han}", True, id="unicode-scripts"),
+    pytest.param(r"\z", True, id="end-of-text"),
+    pytest.param(r"\Qa.b*\E+", True, id="quoted-literal"),
+    pytest.param("(?U)a+", True, id="ungreedy-flag"),
+    # Go takes them although they look wrong
+    pytest.param("*", True, id="star-after-anchor"),
+    pytest.param("(?i)*", True, id="star-after-flags-repeats-anchor"),
+    pytest.param("\\", True, id="backslash-escapes-the-dollar"),
+    pytest.param("x{,3}", True, id="open-count-is-literal"),
+    pytest.param("a{01}", True, id="leading-zero-count-is-literal"),
+    pytest.param("(?P<n>a)(?P<n>b)", True, id="duplicate-names"),
+    pytest.param("[]a]", True, id="bracket-first-in-class"),
+    pytest.param("[a-]", True, id="dash-last-in-class"),
+    pytest.param("[[:^alpha:][:word:]]", True, id="posix-classes"),
+    pytest.param(r"\_\-\0\12\x41\x{10FFFF}", True, id="escapes"),
+    pytest.param("(a{100}){10}", True, id="nested-product-1000"),
+    pytest.param("(a{1000}){0}", True, id="zero-count-stops-the-product"),
+    pytest.param("a{2,}b{0,1000}?", True, id="counts"),
+    pytest.param("(?i-s:a.b)(?m)^x$", True, id="flag-groups"),
+    pytest.param("(?)", True, id="empty-flags"),
+    pytest.param("()|(?:)*", True, id="empty-groups"),
+    pytest.param("web|db", True, id="alternation"),
+    pytest.param("10\\.0\\.[0-9]+\\.[0-9]{1,3}", True, id="an-address"),
+]
+
+
+def test_the_table_has_both_verdicts() -> None:
+    verdicts = [case.values[1] for case in CASES]
+    assert verdicts.count(True) >= 15 and verdicts.count(False) >= 30
+
+
+@pytest.mark.parametrize(("pattern", "accepted"), CASES)
+def test_our_verdict(pattern: str, accepted: bool) -> None:
+    problem = go_regex_error(f"^{pattern}$")
+    assert (problem is None) == accepted, problem
+    if problem is not None:
+        assert "\n" not in problem
+
+
+def test_check_names_the_flag_and_refuses_long_patterns() -> None:
+    with pytest.raises(UsageError, match=r"--tag role: 'a\*\+' is not a valid Go \(RE2\) regex"):
+        check_go_regex("a*+", "--tag role", anchored=True)
+    assert check_go_regex("a" * MAX_PATTERN, "--tag role", anchored=True) == "a" * MAX_PATTERN
+    with pytest.raises(UsageError, match="longer than"):
+        check_go_regex("a" * (MAX_PATTERN + 1), "--tag role", anchored=True)
+
+
+def test_anchoring_changes_the_verdict_as_it_does_for_the_agent() -> None:
+    # members-filtered compiles "^*$" (fine); a query node compiles "*" (refused).
+    assert check_go_regex("*", "--tag k", anchored=True) == "*"
+    with pytest.raises(UsageError):
+        check_go_regex("*", "--tag k", anchored=False)
+
+
+# --- the real agent ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def agent() -> Iterator[SerfCluster]:
+    with SerfCluster(specs=[AgentSpec("re2", tags={"k": "ab"})]) as cluster:
+        yield cluster
+
+
+def agent_accepts(cluster: SerfCluster, pattern: str) -> bool:
+    """The agent's verdict: a reply means Go compiled ``^pattern$``; a closed connection
+    means it did not."""
+    body = {"Tags": {"k": pattern}, "Status": "", "Name": ""}
+    try:
+        error, _ = raw_request(cluster.agent("re2").rpc_addr, "members-filtered", body=body)
+    except LabError:
+        return False
+    assert error == "", error
+    return True
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("pattern", "accepted"), CASES)
+def test_the_agent_agrees_with_the_table(
+    agent: SerfCluster, pattern: str, accepted: bool
+) -> None:
+    if "\udcff" in pattern:
+        return  # msgpack cannot even send it; our check refuses it (test_our_verdict)
+    assert agent_accepts(agent, pattern) == accepted
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("pattern", "accepted"), CASES)
+def test_members_cli_exits_2_before_sending_or_works(
+    agent: SerfCluster, pattern: str, accepted: bool
+) -> None:
+    """Refused: exit 2 with nothing listening at --rpc-addr (so before any connection).
+    Accepted: the same command against the real agent exits 0."""
+    runner = CliRunner()
+    if not accepted:
+        nobody = f"127.0.0.1:{free_port()}"
+        result = runner.invoke(cli, ["--rpc-addr", nobody, "members", "--tag", f"k={pattern}"])
+        assert result.exit_code == 2, result.output
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert "not a valid Go (RE2) regex" in result.stderr
+        return
+    addr = agent.agent("re2").rpc_addr
+    result = runner.invoke(cli, ["--rpc-addr", addr, "members", "--tag", f"k={pattern}"])
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("flag", ["--status", "--name"])
+def test_status_and_name_filters_are_checked_too(agent: SerfCluster, flag: str) -> None:
+    nobody = f"127.0.0.1:{free_port()}"
+    result = CliRunner().invoke(cli, ["--rpc-addr", nobody, "members", flag, "a*+"])
+    assert result.exit_code == 2 and flag in result.stderr
+    addr = agent.agent("re2").rpc_addr
+    result = CliRunner().invoke(cli, ["--rpc-addr", addr, "members", flag, r"\p{L}+|alive"])
+    assert result.exit_code == 0, result.output
+
+
+# Query tag filters run unanchored on every node; a node whose Go refuses the filter
+# skips the query (no ack). Every accepted pattern here matches the tag value "ab".
+QUERY_CASES = [
+    pytest.param("a", True, id="plain"),
+    pytest.param("b$", True, id="anchored-end"),
+    pytest.param(r"\pL", True, id="unicode-class"),
+    pytest.param("a*+", False, id="possessive"),
+    pytest.param("(?=a)", False, id="lookahead"),
+    pytest.param("*", False, id="bare-star"),
+    pytest.param("x{1001}|a", False, id="repeat-over-1000"),
+]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("pattern", "accepted"), QUERY_CASES)
+def test_query_filters_agree_with_the_agent(
+    agent: SerfCluster, pattern: str, accepted: bool
+) -> None:
+    addr = agent.agent("re2").rpc_addr
+    with SerfClient(addr) as client:  # the client sends query filters unchecked
+        records = list(
+            client.query("re2q", b"", filter_tags={"k": pattern}, request_ack=True, timeout_s=1.5)
+        )
+    acked = any(r.type == "ack" for r in records)
+    assert acked == accepted
+    nobody = f"127.0.0.1:{free_port()}"
+    result = CliRunner().invoke(cli, ["--rpc-addr", nobody, "query", "q", "--tag", f"k={pattern}"])
+    assert result.exit_code == (1 if accepted else 2), result.output  # 1: nobody listens
+
+
+_PIECES = st.sampled_from(
+    [*"ab()[]{}|*+?^$.\\-:,<>=!PpQEdwsbBzZACx019_imsU ", "(?", "(?P<", "[:", ":]", "\\p{"]
+    + ["\\x{", "{2}", "{1,}", "{0,1000}", "{1001}", "\\Q", "\\E", "[[:alpha:]", "\\pL", "é"]
+)
+
+
+@pytest.mark.integration
+@settings(
+    max_examples=400,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(pieces=st.lists(_PIECES, min_size=1, max_size=14))
+def test_fuzz_our_verdict_is_the_agents(agent: SerfCluster, pieces: list[str]) -> None:
+    pattern = "".join(pieces)
+    assert (go_regex_error(f"^{pattern}$") is None) == agent_accepts(agent, pattern), pattern
