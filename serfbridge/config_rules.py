@@ -137,15 +137,15 @@ def _rpc_auth(value: object) -> None:
         raise Invalid("must be one line of printable characters")  # the key is not shown
 
 
-def _path(limit: int) -> Callable[[object], None]:
+def _path(limit: int, *, empty_ok: bool = False) -> Callable[[object], None]:
     def check(value: object) -> None:
         if value is None:
             return
         text = str(value)
-        if not text:
+        if not text and not empty_ok:
             raise Invalid("must not be empty")
-        if "\x00" in text:
-            raise Invalid("must not contain a NUL byte")
+        if any(ord(c) < 32 or ord(c) == 127 for c in text):
+            raise Invalid("must not contain control characters")
         if len(text.encode("utf-8")) > limit:
             raise Invalid(f"is longer than {limit} bytes")
 
@@ -219,7 +219,7 @@ def _flag(value: object) -> None:
 _RULES: dict[str, Callable[[object], None]] = {
     "rpc_addr": _address,
     "rpc_auth": _rpc_auth,
-    "kubeconfig": _path(MAX_PATH),
+    "kubeconfig": _path(MAX_PATH, empty_ok=True),  # empty: the default, as for kubectl
     "cluster": _pattern(_NAME, _NAME_RULE),
     "node_name": _node_name,
     "label_prefix": _label_prefix,
