@@ -242,3 +242,32 @@ _RULES: dict[str, Callable[[object], None]] = {
     "selector": _selector,
     "cloud_name": _pattern(_DNS_LABEL, "a lowercase DNS label (letters, digits and '-')"),
 }
+
+#: What each setting accepts, in words: docs/configuration.md renders this table.
+RULE_TEXT: dict[str, str] = {
+    "rpc_addr": "`host:port`, port 1-65535 (`[v6]:port` for IPv6; empty host: 127.0.0.1)",
+    "rpc_auth": "one line, at most 1024 characters; surrounding whitespace is stripped "
+    "(also from `--rpc-auth-file` and the credential, each read up to 4096 bytes)",
+    "kubeconfig": "a path (or `:`-separated list) without control characters; each file "
+    "a regular file of at most 1 MiB",
+    "cluster": _NAME_RULE,
+    "node_name": "a Kubernetes node name: lowercase DNS subdomain, at most 253 characters",
+    "label_prefix": "a lowercase DNS subdomain, at most 253 characters",
+    "log_format": "`text` or `json`",
+    "http_addr": "`host:port`, port 1-65535",
+    "handler_socket": f"a path of at most {MAX_SOCKET_PATH} bytes, no control characters",
+    "to_serf": "true or false (1/0, yes/no, on/off)",
+    "to_k8s": "true or false",
+    "resync": "seconds, 1 to 86400",
+    "debounce": "seconds, 0 to 60",
+    "max_wait": "seconds, more than 0 and at most 3600, and not less than the debounce",
+    "failure_hold": "seconds, 0 to 3600",
+    "tag_limit": "bytes, a whole number from 128 to 65535",
+    "tag_allow": f"a Python regex (matched here, on gossiped keys), at most {MAX_REGEX} characters",
+    "replicas": "a whole number from 1 to 1000",
+    "publish_default": "true or false",
+    "namespaces": "namespace names (lowercase DNS labels), comma- or space-separated",
+    "exclude_namespaces": "namespace names (lowercase DNS labels)",
+    "selector": "`k=v`, `k==v`, `k!=v`, `k` and `!k` terms, comma-separated",
+    "cloud_name": "a lowercase DNS label",
+}

@@ -28,9 +28,11 @@ class Recorder:
     """Stands in for ``daemon.Daemon``: records that ``run`` got past the settings."""
 
     seen: ClassVar[list[Settings]] = []
+    reloads: ClassVar[list[Any]] = []
 
-    def __init__(self, settings: Settings, **_: Any) -> None:
+    def __init__(self, settings: Settings, *, reload: Any = None, **_: Any) -> None:
         Recorder.seen.append(settings)
+        Recorder.reloads.append(reload)
 
     def run(self) -> int:
         return 0
@@ -117,8 +119,10 @@ BAD = [
 _CHECKED = {name for name, _ in BAD} | {"rpc_auth", "verbose"}  # tested below / a count
 
 
-def test_every_setting_has_a_bad_case() -> None:
-    assert {f.name for f in dataclasses.fields(Settings)} <= _CHECKED
+def test_every_setting_has_a_bad_case_and_a_documented_rule() -> None:
+    names = {f.name for f in dataclasses.fields(Settings)}
+    assert names <= _CHECKED
+    assert names - {"verbose"} == set(config_rules.RULE_TEXT)
 
 
 def _file_line(name: str, raw: str) -> str:
@@ -188,6 +192,14 @@ def test_bad_flag_is_refused_at_start(
 def test_bad_namespace_flags(runner: CliRunner, tmp_path: Path, args: list[str]) -> None:
     name = "namespaces" if "--namespace" in args else "exclude_namespaces"
     assert_refused(invoke(runner, tmp_path, args), name)
+
+
+def test_a_reload_applies_the_same_rules(runner: CliRunner, tmp_path: Path) -> None:
+    result = invoke(runner, tmp_path, ["run"], file="SERFBRIDGE_REPLICAS=3\n")
+    assert result.exit_code == 0, result.output
+    (tmp_path / "config").write_text("SERFBRIDGE_REPLICAS=0\n")
+    with pytest.raises(ConfigError, match="invalid --replicas"):
+        Recorder.reloads[-1]()  # the daemon logs this and keeps its settings (SIGHUP)
 
 
 def test_max_wait_shorter_than_debounce(runner: CliRunner, tmp_path: Path) -> None:

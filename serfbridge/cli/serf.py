@@ -51,7 +51,8 @@ def members(
 ) -> None:
     """List the members of the gossip cluster, like `serf members`.
 
-    Filters are anchored regexes, as in `serf members`. Env: SERF_RPC_ADDR, SERF_RPC_AUTH.
+    Filters are Go (RE2) regexes, anchored as in `serf members`; one Go would refuse is
+    an error (exit 2) before anything is sent. Env: SERF_RPC_ADDR, SERF_RPC_AUTH.
     """
     tags = parse_pairs(tag_filters, "--tag")
     for key, pattern in tags.items():
@@ -127,7 +128,7 @@ def event(ctx: click.Context, name: str, payload: str, coalesce: bool) -> None:
     "tag_filters",
     multiple=True,
     metavar="KEY=REGEX",
-    help="Only ask nodes whose tag matches (unanchored, as Serf does).",
+    help="Only ask nodes whose tag matches this Go (RE2) regex (unanchored, as Serf does).",
 )
 @click.option("--ack", is_flag=True, help="Ask nodes to acknowledge receipt.")
 @click.option(
