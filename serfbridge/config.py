@@ -4,8 +4,11 @@ Precedence is flags, then environment, then ``/etc/serfbridge/config`` (env styl
 ``KEY=value`` lines, using the environment names such as ``SERFBRIDGE_CLUSTER=lab`` or
 the flag names such as ``cluster-name=lab``), then defaults. The CLI parses flags and
 environment with click; this module reads the file and merges it in for every value that
-came from neither, and does so again on SIGHUP. The RPC auth key never appears in a
-``repr`` or a log line.
+came from neither, and does so again on SIGHUP; ``config_rules`` then checks every
+value, whichever layer it came from. Every file read here is read bounded and must be
+UTF-8 (``read_text``), and kubeconfig files are size-checked before the Kubernetes
+client reads them whole. The RPC auth key is stripped and never appears in a ``repr``,
+a log line or an error message; errors about the file give its line number, not values.
 
 Must not: talk to Serf or Kubernetes.
 """

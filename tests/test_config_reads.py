@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import resource
+import subprocess
+import sys
 import threading
 import time
 import tracemalloc
@@ -257,3 +260,29 @@ def test_wellformed_status_is_printed(runner: CliRunner, tmp_path: Path) -> None
     assert result.exit_code == 0, result.output
     assert "publishes: web 30080 shop (k8s=lab/default/shop/80)" in result.output
     assert f"source: daemon at {fake.addr}" in result.output
+
+
+# --- what serf gives the handler ----------------------------------------------------------
+
+
+def test_handle_reads_a_bounded_stdin(tmp_path: Path) -> None:
+    """``handle`` with an endless stdin (/dev/zero) under a 1 GiB address-space limit: an
+    unbounded read would die of MemoryError; a bounded one reaches the kubeconfig check."""
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+    empty = tmp_path / "empty"
+    empty.write_text("")
+    env = {**os.environ, "SERF_EVENT": "member-join", "HOME": str(tmp_path)}
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    socket_path = str(tmp_path / "no.sock")
+    argv = [sys.executable, "-m", "serfbridge.cli", "--config", str(empty),
+            "--kubeconfig", "/dev/zero", "handle", "--handler-socket", socket_path]  # fmt: skip
+    with open("/dev/zero", "rb") as zero:
+        done = subprocess.run(
+            argv, stdin=zero, capture_output=True, text=True, env=env, timeout=60,
+            preexec_fn=limit,
+        )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == "error: kubeconfig /dev/zero is not a regular file"
