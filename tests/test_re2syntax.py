@@ -3,7 +3,9 @@
 The oracle is a real ``serf agent``: ``members-filtered`` compiles each tag filter as
 ``^<pattern>$`` and closes the connection when Go refuses it (reference/serf-rpc.md §3).
 It is asked over raw RPC (``tests.lab.serfagents.raw_request``), not through our client,
-so the agent's verdict never passes through the code under test.
+so the agent's verdict never passes through the code under test. Query tag filters
+(unanchored, a refusing node just skips the query) and stream filters (not regexes, but
+refused by the agent all the same) get their own tables against the same agent.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from serfbridge.cli import cli
+from serfbridge.cli.serf import check_event_filter
 from serfbridge.errors import UsageError
 from serfbridge.re2syntax import MAX_PATTERN, check_go_regex, go_regex_error
 from serfbridge.rpc.client import SerfClient
@@ -233,3 +236,40 @@ _PIECES = st.sampled_from(
 def test_fuzz_our_verdict_is_the_agents(agent: SerfCluster, pieces: list[str]) -> None:
     pattern = "".join(pieces)
     assert (go_regex_error(f"^{pattern}$") is None) == agent_accepts(agent, pattern), pattern
+
+
+# --- stream filters: not regexes, but checked the same way --------------------------------
+
+STREAM_CASES = [
+    pytest.param("", True, id="empty-means-all"),
+    pytest.param("*", True, id="star"),
+    pytest.param("member-join,member-reap", True, id="member-events"),
+    pytest.param("user", True, id="user"),
+    pytest.param("user:", True, id="user-empty-name"),
+    pytest.param("user:a b", True, id="space-inside-a-name"),
+    pytest.param("query:x:y", True, id="colon-inside-a-name"),
+    pytest.param("*,user:deploy", True, id="mixed"),
+    pytest.param("member-join,", False, id="trailing-comma"),
+    pytest.param(",", False, id="only-a-comma"),
+    pytest.param("member-join, user", False, id="space-after-comma"),
+    pytest.param("MEMBER-JOIN", False, id="upper-case"),
+    pytest.param("member-join:x", False, id="member-event-with-name"),
+    pytest.param("users", False, id="unknown-type"),
+]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("event_filter", "accepted"), STREAM_CASES)
+def test_stream_filters_agree_with_the_agent(
+    agent: SerfCluster, event_filter: str, accepted: bool
+) -> None:
+    error, _ = raw_request(
+        agent.agent("re2").rpc_addr, "stream", body={"Type": event_filter}, timeout=3
+    )
+    assert (error == "") == accepted, error
+    try:
+        check_event_filter(event_filter)
+        ours = True
+    except UsageError:
+        ours = False
+    assert ours == accepted
