@@ -89,7 +89,8 @@ def check_go_regex(pattern: str, what: str, *, anchored: bool) -> str:
         raise UsageError(f"{what}: the regex is longer than {MAX_PATTERN} characters")
     problem = go_regex_error(f"^{pattern}$" if anchored else pattern)
     if problem is not None:
-        raise UsageError(f"{what}: {pattern!r} is not a valid Go (RE2) regex: {problem}")
+        shown = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in problem)
+        raise UsageError(f"{what}: {pattern!r} is not a valid Go (RE2) regex: {shown}")
     return pattern
 
 

@@ -24,6 +24,8 @@ from serfbridge.re2syntax import MAX_PATTERN, check_go_regex, go_regex_error
 from serfbridge.rpc.client import SerfClient
 from tests.lab.serfagents import AgentSpec, LabError, SerfCluster, free_port, raw_request
 
+_PIECES_FOR_UNITS = st.sampled_from([*"()[]{}|*+?^$.\\-:,<>PpQEx0129imsU\n", "(?P<", "[:"])
+
 # (pattern, Go accepts it inside members-filtered's ^...$)
 CASES = [
     # the issue's four: Python's re takes them, Go does not
@@ -120,6 +122,20 @@ def test_anchoring_changes_the_verdict_as_it_does_for_the_agent() -> None:
     assert check_go_regex("*", "--tag k", anchored=True) == "*"
     with pytest.raises(UsageError):
         check_go_regex("*", "--tag k", anchored=False)
+
+
+@settings(max_examples=1000, deadline=500)
+@given(
+    pattern=st.text(max_size=MAX_PATTERN) | st.lists(_PIECES_FOR_UNITS, max_size=300).map("".join)
+)
+def test_any_text_gives_a_verdict_never_a_crash(pattern: str) -> None:
+    """Only our verdict comes out (no IndexError and the like), and as one line."""
+    problem = go_regex_error(pattern)
+    if problem is None:
+        return
+    with pytest.raises(UsageError) as info:
+        check_go_regex(pattern, "--tag k", anchored=False)
+    assert "\n" not in str(info.value) and "\r" not in str(info.value)
 
 
 # --- the real agent ----------------------------------------------------------------------
