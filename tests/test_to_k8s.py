@@ -13,9 +13,9 @@ from click.testing import CliRunner
 
 from serfbridge import rendezvous
 from serfbridge.cli import cli
+from serfbridge.rpc.client import SerfClient
 from tests.lab.bridges import World
 from tests.lab.serfagents import AgentSpec
-from serfbridge.rpc.client import SerfClient
 
 pytestmark = pytest.mark.integration
 P = "serfbridge.io"

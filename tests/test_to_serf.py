@@ -32,11 +32,11 @@ from click.testing import CliRunner
 from serfbridge import cloudy, kube, rendezvous
 from serfbridge.cli import cli
 from serfbridge.errors import KubeError, KubeNotFound
-from tests.lab.bridges import BridgeProcess, World
-from tests.lab.serfagents import SerfAgent, raw_request
 from serfbridge.plan_publish import PublishPlan, PublishSettings, plan_publish
 from serfbridge.rpc.budget import encoded_tags_size, merged_tags
 from serfbridge.rpc.client import SerfClient
+from tests.lab.bridges import BridgeProcess, World
+from tests.lab.serfagents import SerfAgent, raw_request
 
 pytestmark = pytest.mark.integration
 P = "serfbridge.io"
