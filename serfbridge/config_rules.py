@@ -224,7 +224,7 @@ _RULES: dict[str, Callable[[object], None]] = {
     "node_name": _node_name,
     "label_prefix": _label_prefix,
     "log_format": _choice("text", "json"),
-    "verbose": number(0, 10, integer=True),
+    "verbose": number(0, 100, integer=True),
     "http_addr": _address,
     "handler_socket": _path(MAX_SOCKET_PATH),
     "to_serf": _flag,
