@@ -4,8 +4,11 @@ Precedence is flags, then environment, then ``/etc/serfbridge/config`` (env styl
 ``KEY=value`` lines, using the environment names such as ``SERFBRIDGE_CLUSTER=lab`` or
 the flag names such as ``cluster-name=lab``), then defaults. The CLI parses flags and
 environment with click; this module reads the file and merges it in for every value that
-came from neither, and does so again on SIGHUP. The RPC auth key never appears in a
-``repr`` or a log line.
+came from neither, and does so again on SIGHUP; ``config_rules`` then checks every
+value, whichever layer it came from. Every file read here is read bounded and must be
+UTF-8 (``read_text``), and kubeconfig files are size-checked before the Kubernetes
+client reads them whole. The RPC auth key is stripped and never appears in a ``repr``,
+a log line or an error message; errors about the file give its line number, not values.
 
 Must not: talk to Serf or Kubernetes.
 """
@@ -13,13 +16,16 @@ Must not: talk to Serf or Kubernetes.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import socket
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from serfbridge import config_rules
 from serfbridge.errors import ConfigError
 
 if TYPE_CHECKING:  # the planners load only for the commands that plan
@@ -34,6 +40,12 @@ DEFAULT_TAG_ALLOW = r"(?!(services|k8s)$).*"
 DEFAULT_CONFIG = "/etc/serfbridge/config"
 #: systemd's LoadCredential=serf-rpc-auth:... lands here when the unit uses it.
 CREDENTIAL_NAME = "serf-rpc-auth"
+#: Bounds of the files we read ourselves: the config file, the RPC key's files.
+MAX_CONFIG_BYTES = 64 * 1024
+MAX_SECRET_BYTES = 4096
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+_KEY_SHAPE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -42,7 +54,8 @@ class Settings:
     rpc_auth: str | None = field(default=None, repr=False)
     kubeconfig: str | None = None
     cluster: str = "default"
-    node_name: str = field(default_factory=lambda: socket.gethostname().split(".")[0])
+    # Lowercased as kubelet does when it names its Node after the host.
+    node_name: str = field(default_factory=lambda: socket.gethostname().split(".")[0].lower())
     label_prefix: str = "serfbridge.io"
     log_format: str = "text"
     verbose: int = 0
@@ -127,32 +140,80 @@ _BY_ENV = {env: name for name, env in ENV_NAMES.items()}
 
 
 def read_config_file(path: str | None) -> dict[str, str]:
-    """Setting name -> raw value from an env-style file; a missing default file is empty."""
+    """Setting name -> raw value from an env-style file; a missing default file is empty.
+
+    Errors give the file, the line number and at most the key: never a value, which may
+    be the RPC key on a line typed wrong.
+    """
     if path is None:
         return {}
     try:
-        text = Path(path).read_text()
+        text = read_text(path, what="config file", limit=MAX_CONFIG_BYTES)
     except FileNotFoundError:
         if path == DEFAULT_CONFIG:
             return {}
-        raise ConfigError(f"config file {path} does not exist") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        raise ConfigError(f"config file {shown(path)} does not exist") from None
     values: dict[str, str] = {}
     for number, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        key, sep, raw = line.removeprefix("export ").partition("=")
-        name = _setting_name(key.strip())
-        if not sep or name is None:
-            raise ConfigError(f"{path}:{number}: expected KEY=value with a known key, got {line!r}")
-        try:
-            parts = shlex.split(raw, comments=True)
-        except ValueError as exc:
-            raise ConfigError(f"{path}:{number}: {exc}") from exc
-        values[name] = " ".join(parts)
+        name, raw = _parse_line(line, f"{shown(path)}:{number}")
+        if name is not None:
+            values[name] = raw
     return values
+
+
+def _parse_line(line: str, where: str) -> tuple[str | None, str]:
+    line = line.strip()
+    if not line or line.startswith("#"):
+        return None, ""
+    key, sep, raw = line.removeprefix("export ").partition("=")
+    key = key.strip()
+    if not sep:
+        raise ConfigError(f"{where}: expected KEY=value (no '=' on the line)")
+    name = _setting_name(key)
+    if name is None:
+        # Only a key that looks like one is shown: text before a stray '=' may be a secret.
+        known = f" {key!r}" if _KEY_SHAPE.fullmatch(key) else ""
+        raise ConfigError(f"{where}: unknown key{known} (use the env or flag names)")
+    try:
+        parts = shlex.split(raw, comments=True)
+    except ValueError as exc:  # shlex's own text ("No closing quotation") holds no value
+        raise ConfigError(f"{where}: {key}: {exc}") from None
+    return name, " ".join(parts)
+
+
+def read_text(path: str, *, what: str, limit: int) -> str:
+    """A small UTF-8 text file, read at most ``limit`` bytes (``/dev/zero`` is one read).
+
+    ConfigError when it is larger, not UTF-8, a directory or unreadable;
+    FileNotFoundError is left to the caller (a missing file may be fine). Opened
+    non-blocking so a FIFO without a writer reads as empty instead of hanging.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        raise ConfigError(f"cannot read {what} {shown(path)}: {_why(exc)}") from None
+    try:
+        with os.fdopen(fd, "rb") as file:
+            data = file.read(limit + 1) or b""
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {shown(path)}: {_why(exc)}") from None
+    if len(data) > limit:
+        raise ConfigError(f"{what} {shown(path)} is larger than {limit} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {shown(path)} is not UTF-8 text (byte {exc.start})") from None
+
+
+def shown(text: str) -> str:
+    """``text`` (a path) fit for a one-line message: control characters escaped."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
+def _why(exc: Exception) -> str:
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
 
 
 def _setting_name(key: str) -> str | None:
@@ -163,32 +224,40 @@ def _setting_name(key: str) -> str | None:
 
 
 def convert(name: str, raw: str) -> object:
-    """A raw string from the environment or the file -> the setting's type."""
+    """A raw string from the environment or the file -> the setting's type.
+
+    The message names the setting, never the raw value (it may be a misplaced key).
+    """
     default = getattr(Settings(node_name="x"), name)
+    where = f"invalid {config_rules.setting_label(name)}"
+    text = raw.strip().lower()
+    if isinstance(default, bool):
+        if text not in _TRUE + _FALSE:
+            raise ConfigError(f"{where}: expected true or false (1/0, yes/no, on/off)")
+        return text in _TRUE
     try:
-        if isinstance(default, bool):
-            if raw.strip().lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
-                raise ValueError(f"expected true or false, got {raw!r}")
-            return raw.strip().lower() in ("1", "true", "yes", "on")
         if isinstance(default, int):
             return int(raw)
         if isinstance(default, float):
             return float(raw)
-        if isinstance(default, frozenset):
-            return frozenset(x for x in raw.replace(",", " ").split() if x)
-    except ValueError as exc:
-        raise ConfigError(f"{ENV_NAMES[name]}: {exc}") from exc
+    except ValueError:
+        kind = "a whole number" if isinstance(default, int) else "a number"
+        raise ConfigError(f"{where}: expected {kind}") from None
+    if isinstance(default, frozenset):
+        return frozenset(x for x in raw.replace(",", " ").split() if x)
     return raw
 
 
 def merge(explicit: Mapping[str, object], file_values: Mapping[str, str]) -> Settings:
-    """Settings from explicit values (flags or env, already typed) over the file's."""
+    """Settings from explicit values (flags or env, already typed) over the file's,
+    checked against every setting's rule (``config_rules``)."""
     values: dict[str, object] = {k: convert(k, v) for k, v in file_values.items()}
     values.update({k: v for k, v in explicit.items() if v is not None})
     try:
-        return Settings(**values)  # type: ignore[arg-type]
+        settings = Settings(**values)  # type: ignore[arg-type]
     except TypeError as exc:
         raise ConfigError(f"invalid settings: {exc}") from exc
+    return config_rules.validate(settings)
 
 
 def credential_auth(env: Mapping[str, str] | None = None) -> str | None:
@@ -197,10 +266,37 @@ def credential_auth(env: Mapping[str, str] | None = None) -> str | None:
     directory = env.get("CREDENTIALS_DIRECTORY")
     if not directory:
         return None
-    path = Path(directory) / CREDENTIAL_NAME
+    path = str(Path(directory) / CREDENTIAL_NAME)
     try:
-        return path.read_text().strip() or None
+        return read_text(path, what="credential", limit=MAX_SECRET_BYTES).strip() or None
     except FileNotFoundError:
         return None
-    except OSError as exc:
-        raise ConfigError(f"cannot read credential {path}: {exc.strerror}") from exc
+
+
+def read_secret_file(path: str, what: str) -> str | None:
+    """The RPC key from a file such as a Kubernetes Secret (``--from-file`` adds a
+    newline): stripped, bounded, never shown; None when the file is empty."""
+    try:
+        return read_text(path, what=what, limit=MAX_SECRET_BYTES).strip() or None
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {shown(path)} does not exist") from None
+
+
+#: A kubeconfig with embedded certificates is a few KiB; the loader reads it whole.
+MAX_KUBECONFIG_BYTES = 1024 * 1024
+
+
+def check_kubeconfig_files(paths: str) -> None:
+    """Each file of a ``:``-separated kubeconfig list that exists must be a regular file
+    of bounded size, before the loader reads it whole (``/dev/zero`` would never end)."""
+    for path in filter(None, paths.split(os.pathsep)):
+        try:
+            info = os.stat(path)
+        except FileNotFoundError:
+            continue  # the loader says which file is missing
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read kubeconfig {path}: {exc}") from exc
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"kubeconfig {path} is not a regular file")
+        if info.st_size > MAX_KUBECONFIG_BYTES:
+            raise ConfigError(f"kubeconfig {path} is larger than {MAX_KUBECONFIG_BYTES} bytes")

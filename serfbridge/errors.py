@@ -165,3 +165,10 @@ class KubeUnavailable(KubeError):
 
 class ServicesDecodeError(SerfBridgeError):
     """A `services` tag value (from any member) could not be decoded."""
+
+
+# --- our own daemon -------------------------------------------------------------------
+
+
+class DaemonReplyError(SerfBridgeError):
+    """What answered on the daemon's HTTP address is not a daemon's /status (exit 1)."""

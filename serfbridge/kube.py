@@ -29,10 +29,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 import urllib3
+import yaml
 from kubernetes import client as k8s_client
 from kubernetes import config as _k8s_config
 from kubernetes.client.exceptions import ApiException
 
+from serfbridge import config
 from serfbridge.errors import (
     ConfigError,
     KubeConflict,
@@ -143,6 +145,8 @@ def load_client(
     env = os.environ if env is None else env
     path = kubeconfig or env.get("KUBECONFIG") or None
     in_cluster = path is None and bool(env.get("KUBERNETES_SERVICE_HOST"))
+    if not in_cluster:
+        config.check_kubeconfig_files(path or os.path.expanduser("~/.kube/config"))
     configuration = k8s_client.Configuration()
     try:
         if in_cluster:
@@ -153,10 +157,23 @@ def load_client(
             )
     except Exception as exc:  # the loaders raise ConfigException, yaml, OSError, KeyError...
         source = "in-cluster account" if in_cluster else f"kubeconfig {path or '~/.kube/config'}"
-        raise ConfigError(f"cannot load Kubernetes configuration from {source}: {exc}") from exc
+        raise ConfigError(
+            f"cannot load Kubernetes configuration from {source}: {_loader_error(exc)}"
+        ) from exc
     api_client = k8s_client.ApiClient(configuration)
     api_client.user_agent = COMPONENT  # also the field manager the apiserver records
     return KubeClient(api_client)
+
+
+def _loader_error(exc: Exception) -> str:
+    """The loader's complaint in one line, never a quote of the file: YAML errors quote
+    the offending line, which may hold a token or a key."""
+    if isinstance(exc, yaml.YAMLError):
+        mark = getattr(exc, "problem_mark", None)
+        return "not valid YAML" + (f" (line {mark.line + 1})" if mark is not None else "")
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not UTF-8 text (byte {exc.start})"
+    return " ".join(str(exc).split())[:300]
 
 
 def _where(verb: str, resource: str, namespace: str | None) -> str:

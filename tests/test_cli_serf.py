@@ -23,9 +23,11 @@ def run(*args: str, env: dict[str, str] | None = None):
     [
         pytest.param(["tags", "set", "novalue"], "must be key=value", id="bad-pair"),
         pytest.param(["tags", "set", "=v"], "must be key=value", id="empty-key"),
-        pytest.param(["members", "--tag", "role=("], "not a valid regex", id="bad-regex"),
-        pytest.param(["members", "--status", "(?=x)"], "lookaround", id="go-incompatible"),
-        pytest.param(["stream", "member-join, user"], "spaces", id="filter-with-space"),
+        pytest.param(["members", "--tag", "role=("], "not a valid Go (RE2) regex", id="bad-regex"),
+        pytest.param(
+            ["members", "--status", "(?=x)"], "not a valid Go (RE2) regex", id="go-incompatible"
+        ),
+        pytest.param(["stream", "member-join, user"], "without spaces", id="filter-with-space"),
         pytest.param(["--rpc-addr", "nonsense", "members"], "host:port", id="bad-addr"),
     ],
 )

@@ -40,7 +40,7 @@ def test_file_takes_env_names_flag_names_comments_quotes_and_export(tmp_path: Pa
         "\n"
         "SERF_RPC_ADDR=10.0.0.1:7373\n"
         "   export SERFBRIDGE_RESYNC=30   # seconds\n"
-        "cluster-name='my lab'\n"
+        "cluster-name='my-lab'\n"
         'node-name="n1"\n'
         "tag_limit=2048\n"
         "SERFBRIDGE_TO_K8S=no\n"
@@ -51,7 +51,7 @@ def test_file_takes_env_names_flag_names_comments_quotes_and_export(tmp_path: Pa
     assert values == {
         "rpc_addr": "10.0.0.1:7373",
         "resync": "30",
-        "cluster": "my lab",
+        "cluster": "my-lab",
         "node_name": "n1",
         "tag_limit": "2048",
         "to_k8s": "no",
@@ -59,7 +59,7 @@ def test_file_takes_env_names_flag_names_comments_quotes_and_export(tmp_path: Pa
         "selector": "",
     }
     s = merge({}, values)
-    assert (s.rpc_addr, s.resync, s.cluster, s.node_name) == ("10.0.0.1:7373", 30.0, "my lab", "n1")
+    assert (s.rpc_addr, s.resync, s.cluster, s.node_name) == ("10.0.0.1:7373", 30.0, "my-lab", "n1")
     assert (s.tag_limit, s.to_k8s, s.to_serf) == (2048, False, True)
     assert s.namespaces == frozenset({"a", "b", "c"})
 

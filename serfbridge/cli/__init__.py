@@ -9,7 +9,7 @@ and never printed or logged. ``base`` holds the group; the other modules add com
 
 from __future__ import annotations
 
-from serfbridge.cli import bridge, serf, services  # noqa: F401  (they register commands)
+from serfbridge.cli import bridge, serf, services, status  # noqa: F401  (they register commands)
 from serfbridge.cli.base import cli
 
 

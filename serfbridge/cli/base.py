@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import click
 from click.core import ParameterSource
@@ -68,13 +68,15 @@ def explicit_values(ctx: click.Context) -> dict[str, object]:
 
 def _read_auth(rpc_auth: str | None, rpc_auth_file: str | None) -> str | None:
     if rpc_auth_file:
-        try:
-            return Path(rpc_auth_file).read_text().strip() or None
-        except OSError as exc:
-            raise UsageError(
-                f"cannot read --rpc-auth-file {rpc_auth_file}: {exc.strerror}"
-            ) from exc
+        return config.read_secret_file(rpc_auth_file, "--rpc-auth-file")
     return rpc_auth or config.credential_auth()
+
+
+def check_seconds(value: float, what: str, *, maximum: float) -> float:
+    """A command's own duration option (not a setting): finite, 0 to ``maximum``."""
+    if not math.isfinite(value) or not 0 <= value <= maximum:
+        raise UsageError(f"{what} must be from 0 to {maximum:g} seconds, got {value:g}")
+    return value
 
 
 def parse_pairs(pairs: tuple[str, ...], what: str) -> dict[str, str]:

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
 import click
 
 from serfbridge import config, logs
-from serfbridge.cli.base import CliState, _client, cli, explicit_values
+from serfbridge.cli.base import CliState, _client, check_seconds, cli, explicit_values
 from serfbridge.errors import KubeUnavailable
 
 log = logging.getLogger("serfbridge")
@@ -209,6 +207,7 @@ def sync(ctx: click.Context, /, once: bool, dry_run: bool, timeout: float, **_: 
     """
     from serfbridge import bridge  # the planners load only for the commands that plan
 
+    check_seconds(timeout, "--timeout", maximum=3600)
     s = _settings(ctx)
     client, cache = _kube_cache(s, wait=timeout)
     try:
@@ -277,82 +276,8 @@ def _print_publish_plan(plan: Any, dry_run: bool, writes: int, s: config.Setting
     )
 
 
-@cli.command()
-@bridge_options
-@click.option(
-    "--http-addr",
-    envvar="SERFBRIDGE_HTTP_ADDR",
-    show_envvar=True,
-    help="Where the daemon serves /status [default: 127.0.0.1:9473].",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.pass_context
-def status(ctx: click.Context, /, as_json: bool, **_: object) -> None:
-    """What this node publishes, the budget used, what was left out, last sync, errors.
-
-    Asks the running daemon (its /status); without one, computes the plan (dry run).
-    Env: SERFBRIDGE_HTTP_ADDR, SERF_RPC_ADDR, SERF_RPC_AUTH, KUBECONFIG.
-    """
-    s = _settings(ctx)
-    report = _daemon_status(s.http_addr)
-    if report is None:
-        report = _computed_status(ctx, s)
-    if as_json:
-        click.echo(json.dumps(report, indent=2, sort_keys=True))
-        return
-    click.echo(
-        f"node {report.get('node')} (cluster {report.get('cluster')}), source: "
-        f"{report.get('source')}"
-    )
-    if "ready" in report:
-        click.echo(f"ready: {report['ready']} ({report.get('reason')})")
-    for direction, when in sorted(dict(report.get("last_sync") or {}).items()):
-        click.echo(
-            f"last {direction} sync: {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(when))}"
-        )
-    click.echo(f"budget: {report.get('budget_used', '?')}/{report.get('tag_limit')} bytes")
-    for entry in report.get("publishes") or []:
-        click.echo(f"publishes: {entry['s']} {entry['p']} {entry['d']} ({entry['t']})")
-    for left in report.get("left_out") or []:
-        click.echo(
-            f"left out: {left['namespace']}/{left['service']} port {left['port']}: {left['reason']}"
-        )
-    for direction, error in sorted(dict(report.get("errors") or {}).items()):
-        click.echo(f"error ({direction}): {error}")
-
-
-def _daemon_status(http_addr: str) -> dict[str, Any] | None:
-    try:
-        import urllib.request  # slow to import; only `status` needs it
-
-        with urllib.request.urlopen(f"http://{http_addr}/status", timeout=2) as reply:
-            return {**json.loads(reply.read()), "source": f"daemon at {http_addr}"}
-    except (OSError, ValueError):
-        return None
-
-
-def _computed_status(ctx: click.Context, s: config.Settings) -> dict[str, Any]:
-    from serfbridge import bridge  # the planners load only for the commands that plan
-
-    client, cache = _kube_cache(s, wait=30)
-    try:
-        view = bridge.KubeView(
-            nodes=cache.nodes(), services=cache.services(), slices=cache.endpoint_slices()
-        )
-        with _client(ctx) as serf:
-            plan, _ = bridge.publish_pass(serf, bridge.read_serf(serf), view, None, s, dry_run=True)
-    finally:
-        cache.stop(timeout=2)
-        client.close()
-    return {
-        "node": s.node_name,
-        "cluster": s.cluster,
-        "tag_limit": s.tag_limit,
-        "source": "computed now (no daemon answered)",
-        "budget_used": plan.budget_used,
-        "publishes": [e.to_wire() for e in plan.entries],
-        "left_out": [vars(lo) for lo in plan.left_out],
-    }
+#: What ``handle`` reads of serf's member lines (about 40 000 members).
+MAX_HANDLER_STDIN = 4 * 1024 * 1024
 
 
 @cli.command()
@@ -376,7 +301,9 @@ def handle(ctx: click.Context, /, **_: object) -> None:
         handler,
     )
 
-    stdin = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
+    # Bounded: the member lines are only a trigger (the pass re-reads `members`).
+    tty = sys.stdin is None or sys.stdin.isatty()
+    stdin = b"" if tty else sys.stdin.buffer.read(MAX_HANDLER_STDIN)
     event = handler.parse_event(os.environ, stdin)
     s = _settings(ctx)
     if not event.is_member_event:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import click
 
+from serfbridge import config_rules
 from serfbridge.cli import cli
-from serfbridge.config import DEFAULT_CONFIG
+from serfbridge.config import DEFAULT_CONFIG, ENV_NAMES
 
 HEADER = f"""# Configuration reference
 
@@ -42,8 +43,28 @@ def _section(title: str, command: click.Command) -> list[str]:
     return lines
 
 
+def _rules() -> list[str]:
+    """What each setting accepts: checked at start, whichever layer the value came from."""
+    lines = [
+        "## What each setting accepts",
+        "",
+        "Every command checks every setting before it starts, whether the value came from a",
+        "flag, the environment or the config file; a bad one ends it with exit 2 and one line",
+        "naming the setting (which systemd's `RestartPreventExitStatus=2` does not restart).",
+        "Messages never repeat a text value. The config file is read up to 64 KiB; each",
+        "line is `KEY=value`, `#` starts a comment, values may be quoted as in a shell.",
+        "",
+        "| setting | environment | accepts |",
+        "|---|---|---|",
+    ]
+    for name, rule in config_rules.RULE_TEXT.items():
+        env = ENV_NAMES.get(name, "")
+        lines.append(f"| `{config_rules.flag_name(name)}` | `{env}` | {rule} |")
+    return [*lines, ""]
+
+
 def render() -> str:
-    lines = [HEADER, *_section("Global options (`serfbridge ...`)", cli)]
+    lines = [HEADER, *_rules(), *_section("Global options (`serfbridge ...`)", cli)]
     for name, command in sorted(cli.commands.items()):
         if isinstance(command, click.Group):
             for sub_name, sub in sorted(command.commands.items()):

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import click
 
-from serfbridge.cli.base import _client, cli, parse_pairs
+from serfbridge.cli.base import _client, check_seconds, cli, parse_pairs
 from serfbridge.errors import UsageError
 from serfbridge.printable import escape_controls, valid_text
 from serfbridge.rpc.client import check_regex
@@ -21,6 +21,9 @@ from serfbridge.rpc.models import (
     StreamItem,
     UserEvent,
 )
+
+#: A query longer than this is a typo (Serf's own default is a few seconds).
+MAX_QUERY_TIMEOUT = 3600.0
 
 # --- members ---------------------------------------------------------------------------
 
@@ -63,7 +66,8 @@ def members(
 ) -> None:
     """List the members of the gossip cluster, like `serf members`.
 
-    Filters are anchored regexes, as in `serf members`. Env: SERF_RPC_ADDR, SERF_RPC_AUTH.
+    Filters are Go (RE2) regexes, anchored as in `serf members`; one Go would refuse is
+    an error (exit 2) before anything is sent. Env: SERF_RPC_ADDR, SERF_RPC_AUTH.
     """
     tags = parse_pairs(tag_filters, "--tag")
     for key, pattern in tags.items():
@@ -140,10 +144,15 @@ def event(ctx: click.Context, name: str, payload: str, coalesce: bool) -> None:
     "tag_filters",
     multiple=True,
     metavar="KEY=REGEX",
-    help="Only ask nodes whose tag matches (unanchored, as Serf does).",
+    help="Only ask nodes whose tag matches this Go (RE2) regex (unanchored, as Serf does).",
 )
 @click.option("--ack", is_flag=True, help="Ask nodes to acknowledge receipt.")
-@click.option("--timeout", type=float, default=0.0, help="Seconds; 0 = the agent's default.")
+@click.option(
+    "--timeout",
+    type=float,
+    default=0.0,
+    help=f"Seconds, at most {MAX_QUERY_TIMEOUT:g}; 0 = the agent's default.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per record.")
 @click.pass_context
 def query(
@@ -159,7 +168,8 @@ def query(
     """Send a query and print acks and responses. Env: SERF_RPC_ADDR, SERF_RPC_AUTH."""
     filters = parse_pairs(tag_filters, "--tag")
     for key, pattern in filters.items():
-        check_regex(pattern, f"--tag {key}")
+        check_regex(pattern, f"--tag {key}", anchored=False)  # nodes match it unanchored
+    check_seconds(timeout, "--timeout", maximum=MAX_QUERY_TIMEOUT)
     with _client(ctx) as client:
         for record in client.query(
             name,
@@ -226,9 +236,31 @@ def _follow(items: Iterator[StreamItem], count: int, as_json: bool) -> None:
             return
 
 
+_MEMBER_EVENTS = ("member-join", "member-leave", "member-failed", "member-update", "member-reap")
+
+
+def check_event_filter(text: str) -> str:
+    """The agent's own filter rule (reference/serf-rpc.md §4), checked before sending:
+    comma-separated ``*``, member event types, ``user[:NAME]``, ``query[:NAME]``; "" is ``*``.
+    """
+    for entry in text.split(",") if text else ():
+        kind, _, _ = entry.partition(":")
+        if not (entry in ("*", *_MEMBER_EVENTS) or kind in ("user", "query")):
+            raise UsageError(
+                f"stream filter: {entry!r} is not *, a member event type, user[:NAME] or "
+                "query[:NAME] (entries are comma-separated, without spaces)"
+            )
+    return text
+
+
 @cli.command()
 @click.argument("event_filter", default="*", metavar="[FILTER]")
-@click.option("--count", type=int, default=0, help="Exit after this many events (0 = never).")
+@click.option(
+    "--count",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Exit after this many events (0 = never).",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per event.")
 @click.pass_context
 def stream(ctx: click.Context, event_filter: str, count: int, as_json: bool) -> None:
@@ -236,8 +268,7 @@ def stream(ctx: click.Context, event_filter: str, count: int, as_json: bool) -> 
 
     Env: SERF_RPC_ADDR, SERF_RPC_AUTH.
     """
-    if " " in event_filter:
-        raise UsageError(f"stream filter must not contain spaces: {event_filter!r}")
+    check_event_filter(event_filter)
     with _client(ctx) as client, client.stream(event_filter) as events:
         _follow(events, count, as_json)
 
@@ -249,7 +280,9 @@ def stream(ctx: click.Context, event_filter: str, count: int, as_json: bool) -> 
     show_default=True,
     type=click.Choice(["TRACE", "DEBUG", "INFO", "WARN", "ERR"], case_sensitive=False),
 )
-@click.option("--count", type=int, default=0, help="Exit after this many lines (0 = never).")
+@click.option(
+    "--count", type=click.IntRange(min=0), default=0, help="Exit after this many lines (0 = never)."
+)
 @click.pass_context
 def monitor(ctx: click.Context, log_level: str, count: int) -> None:
     """Follow the agent's log. Env: SERF_RPC_ADDR, SERF_RPC_AUTH."""

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import queue
-import re
 import socket
 import threading
 import time
@@ -39,6 +38,7 @@ from serfbridge.errors import (
     TransportError,
     UsageError,
 )
+from serfbridge.re2syntax import check_go_regex
 from serfbridge.rpc import budget
 from serfbridge.rpc.models import (
     Coordinate,
@@ -158,21 +158,9 @@ def _dial(
     return retrying(_Wire, addr, auth_key, timeout, trusted)
 
 
-_GO_INCOMPATIBLE = re.compile(r"\(\?(?:=|!|<=|<!|P=)|\\[1-9]")
-
-
-def check_regex(pattern: str, what: str) -> str:
-    """Refuse a regex locally: a bad one sent to ``members-filtered`` drops the connection."""
-    if _GO_INCOMPATIBLE.search(pattern):
-        raise UsageError(
-            f"{what}: {pattern!r} uses lookaround or backreferences, which Serf's "
-            "Go regexes do not support"
-        )
-    try:
-        re.compile(pattern)
-    except re.error as exc:
-        raise UsageError(f"{what}: {pattern!r} is not a valid regex: {exc}") from exc
-    return pattern
+def check_regex(pattern: str, what: str, *, anchored: bool = True) -> str:
+    """Refuse a regex locally: one the agent's Go regexp refuses drops the connection."""
+    return check_go_regex(pattern, what, anchored=anchored)
 
 
 class SerfClient:

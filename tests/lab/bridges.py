@@ -47,9 +47,11 @@ class BridgeProcess:
         global_args: Sequence[str] = (),
         tuning: Sequence[str] = TUNING,
         config_text: str | None = None,
+        verbose: bool = True,
     ) -> None:
         """``args`` go after ``run``, ``global_args`` before it; ``tuning`` are the fast
-        loop flags (flags beat the config file: drop one to let ``config_text`` set it)."""
+        loop flags (flags beat the config file: drop one to let ``config_text`` set it).
+        ``verbose`` False drops ``-v``, to see errors as users do (one line, no traceback)."""
         self.node, self.rpc_addr, self.kubeconfig = node, rpc_addr, kubeconfig
         self.cluster, self.args, self.workdir = cluster, list(args), workdir
         self.global_args, self.tuning = list(global_args), list(tuning)
@@ -61,6 +63,7 @@ class BridgeProcess:
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self.pids: list[int] = []
+        self.verbose = verbose
 
     @property
     def http_addr(self) -> str:
@@ -81,7 +84,7 @@ class BridgeProcess:
             self.cluster,
             "--node-name",
             self.node,
-            "-v",
+            *(["-v"] if self.verbose else []),
             *self.global_args,
             "run",
             "--http-addr",

@@ -1,0 +1,278 @@
+"""The rule of every setting, checked once the layers are merged and before anything starts.
+
+``config.merge`` calls ``validate`` for every command, so a bad value from a flag, the
+environment or the config file alike ends the process at start with exit 2 and one line
+naming the setting (``invalid --replicas (SERFBRIDGE_REPLICAS): ...``), instead of a
+daemon that fails every pass and never trips systemd's ``RestartPreventExitStatus=2``.
+A value that only a later pass would find wrong (a selector, the label prefix) is
+checked here too, with the same code the planners use.
+
+Messages name the setting and the rule; they show numbers as given but never a string
+value: a misplaced RPC key must not end up in a journal (issue 13, defect 10).
+
+Must not: read files, talk to Serf or Kubernetes, or load the planners unless a value
+needs their parser.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from serfbridge.errors import ConfigError
+
+if TYPE_CHECKING:
+    from serfbridge.config import Settings
+
+#: The flags whose name is not the setting name with '-' for '_'.
+FLAG_NAMES = {
+    "cluster": "--cluster-name",
+    "namespaces": "--namespace",
+    "exclude_namespaces": "--exclude-namespace",
+    "verbose": "-v",
+    "agent_users": "--agent-user",
+}
+#: Longest Unix socket path Linux takes (sun_path is 108 bytes, NUL included).
+MAX_SOCKET_PATH = 107
+MAX_AUTH_KEY = 1024
+MAX_PATH = 4096
+MAX_REGEX = 1000
+
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")  # label-value syntax
+_USER = re.compile(r"[0-9]{1,10}|[a-z_][a-z0-9_-]{0,30}\$?")  # a uid, or a POSIX user name
+_NAME_RULE = "1 to 63 letters, digits, '-', '_' or '.', alphanumeric at both ends"
+_HOST = re.compile(r"[^\s\x00-\x1f\x7f\[\]]*|\[[0-9A-Fa-f:.%a-zA-Z]+\]")
+
+
+class Invalid(ValueError):
+    """One rule broken; ``validate`` adds the setting's flag and environment names."""
+
+
+def flag_name(name: str) -> str:
+    return FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
+
+
+def setting_label(name: str) -> str:
+    """``--replicas (SERFBRIDGE_REPLICAS)``: how errors name a setting."""
+    from serfbridge.config import ENV_NAMES
+
+    env = ENV_NAMES.get(name)
+    return f"{flag_name(name)} ({env})" if env else flag_name(name)
+
+
+def validate(settings: Settings) -> Settings:
+    """``settings`` with the RPC key stripped, or ConfigError for the first broken rule."""
+    key = settings.rpc_auth.strip() if settings.rpc_auth is not None else None
+    settings = dataclasses.replace(settings, rpc_auth=key or None)
+    for field in dataclasses.fields(settings):
+        value = getattr(settings, field.name)
+        try:
+            _check_text(value)
+            rule = _RULES.get(field.name)
+            if rule is not None:
+                rule(value)
+        except Invalid as exc:
+            raise ConfigError(f"invalid {setting_label(field.name)}: {exc}") from None
+    if settings.max_wait < settings.debounce:
+        raise ConfigError(
+            f"invalid {setting_label('max_wait')}: must not be shorter than "
+            f"{setting_label('debounce')} ({settings.max_wait:g} < {settings.debounce:g})"
+        )
+    return settings
+
+
+def _check_text(value: object) -> None:
+    """Every string must be encodable: undecodable bytes in the environment become
+    surrogates, which would only fail later, inside msgpack or the API client."""
+    texts = value if isinstance(value, frozenset) else (value,)
+    for text in texts:
+        if isinstance(text, str):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise Invalid("is not valid UTF-8") from None
+
+
+# --- the rules ------------------------------------------------------------------------
+
+
+def number(
+    low: float, high: float, *, integer: bool = False, above: bool = False
+) -> Callable[[object], None]:
+    """A finite number in [low, high] (or (low, high] with ``above``)."""
+
+    def check(value: object) -> None:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise Invalid("must be a number")
+        if integer and not isinstance(value, int):
+            raise Invalid("must be a whole number")
+        if not math.isfinite(value):
+            raise Invalid(f"must be a finite number, got {value}")
+        too_low = value <= low if above else value < low
+        if too_low or value > high:
+            bound = f"more than {low:g}" if above else f"at least {low:g}"
+            raise Invalid(f"must be {bound} and at most {high:g}, got {value:g}")
+
+    return check
+
+
+def _address(value: object) -> None:
+    host, sep, port = str(value).rpartition(":")
+    if not sep or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
+        raise Invalid("must be host:port with a port from 1 to 65535")
+    if not _HOST.fullmatch(host):
+        raise Invalid("has a host with spaces, control characters or stray brackets")
+
+
+def _rpc_auth(value: object) -> None:
+    if value is None:
+        return
+    text = str(value)
+    if len(text) > MAX_AUTH_KEY:
+        raise Invalid(f"is longer than {MAX_AUTH_KEY} characters")
+    if any(not c.isprintable() for c in text):
+        raise Invalid("must be one line of printable characters")  # the key is not shown
+
+
+def _path(limit: int, *, empty_ok: bool = False) -> Callable[[object], None]:
+    def check(value: object) -> None:
+        if value is None:
+            return
+        text = str(value)
+        if not text and not empty_ok:
+            raise Invalid("must not be empty")
+        if any(ord(c) < 32 or ord(c) == 127 for c in text):
+            raise Invalid("must not contain control characters")
+        if len(text.encode("utf-8")) > limit:
+            raise Invalid(f"is longer than {limit} bytes")
+
+    return check
+
+
+def _pattern(regex: re.Pattern[str], rule: str) -> Callable[[object], None]:
+    def check(value: object) -> None:
+        if not regex.fullmatch(str(value)):
+            raise Invalid(f"must be {rule}")
+
+    return check
+
+
+def _each(regex: re.Pattern[str], rule: str) -> Callable[[object], None]:
+    single = _pattern(regex, rule)
+
+    def check(value: object) -> None:
+        for item in sorted(value):  # type: ignore[call-overload]
+            single(item)
+
+    return check
+
+
+def _label_prefix(value: object) -> None:
+    text = str(value)
+    if len(text) > 253 or not _DNS_SUBDOMAIN.fullmatch(text):
+        raise Invalid("must be a DNS subdomain (lowercase letters, digits, '-' and '.')")
+
+
+def _node_name(value: object) -> None:
+    text = str(value)
+    if len(text) > 253 or not _DNS_SUBDOMAIN.fullmatch(text):
+        raise Invalid("must be a Kubernetes node name (a lowercase DNS subdomain)")
+
+
+def _tag_allow(value: object) -> None:
+    text = str(value)
+    if len(text) > MAX_REGEX:
+        raise Invalid(f"is longer than {MAX_REGEX} characters")
+    try:
+        re.compile(text)  # matched here, by Python, against gossiped tag keys
+    except re.error as exc:
+        raise Invalid(f"is not a valid regex: {exc}") from None
+
+
+def _selector(value: object) -> None:
+    if not str(value).strip():
+        return
+    from serfbridge.plan_publish import parse_selector  # the planners parse it in each pass
+
+    try:
+        parse_selector(str(value))
+    except ConfigError:
+        raise Invalid("must be a label selector of k=v, k!=v, k and !k terms") from None
+
+
+def _choice(*allowed: str) -> Callable[[object], None]:
+    def check(value: object) -> None:
+        if value not in allowed:
+            raise Invalid(f"must be one of {', '.join(allowed)}")
+
+    return check
+
+
+def _flag(value: object) -> None:
+    if not isinstance(value, bool):
+        raise Invalid("must be true or false")
+
+
+_RULES: dict[str, Callable[[object], None]] = {
+    "rpc_addr": _address,
+    "rpc_auth": _rpc_auth,
+    "kubeconfig": _path(MAX_PATH, empty_ok=True),  # empty: the default, as for kubectl
+    "cluster": _pattern(_NAME, _NAME_RULE),
+    "node_name": _node_name,
+    "label_prefix": _label_prefix,
+    "log_format": _choice("text", "json"),
+    "verbose": number(0, 100, integer=True),
+    "http_addr": _address,
+    "handler_socket": _path(MAX_SOCKET_PATH),
+    "to_serf": _flag,
+    "to_k8s": _flag,
+    "resync": number(1, 86400),
+    "debounce": number(0, 60),
+    "max_wait": number(0, 3600, above=True),
+    "failure_hold": number(0, 3600),
+    "tag_limit": number(128, 65535, integer=True),
+    "tag_allow": _tag_allow,
+    "replicas": number(1, 1000, integer=True),
+    "publish_default": _flag,
+    "namespaces": _each(_DNS_LABEL, "namespace names (lowercase DNS labels)"),
+    "exclude_namespaces": _each(_DNS_LABEL, "namespace names (lowercase DNS labels)"),
+    "selector": _selector,
+    "cloud_name": _pattern(_DNS_LABEL, "a lowercase DNS label (letters, digits and '-')"),
+    "agent_users": _each(_USER, "user names or numeric uids"),
+}
+
+#: What each setting accepts, in words: docs/configuration.md renders this table.
+RULE_TEXT: dict[str, str] = {
+    "rpc_addr": "`host:port`, port 1-65535 (`[v6]:port` for IPv6; empty host: 127.0.0.1)",
+    "rpc_auth": "one line, at most 1024 characters; surrounding whitespace is stripped "
+    "(also from `--rpc-auth-file` and the credential, each read up to 4096 bytes)",
+    "kubeconfig": "a path (or `:`-separated list) without control characters; each file "
+    "a regular file of at most 1 MiB",
+    "cluster": _NAME_RULE,
+    "node_name": "a Kubernetes node name: lowercase DNS subdomain, at most 253 characters",
+    "label_prefix": "a lowercase DNS subdomain, at most 253 characters",
+    "log_format": "`text` or `json`",
+    "http_addr": "`host:port`, port 1-65535",
+    "handler_socket": f"a path of at most {MAX_SOCKET_PATH} bytes, no control characters",
+    "to_serf": "true or false (1/0, yes/no, on/off)",
+    "to_k8s": "true or false",
+    "resync": "seconds, 1 to 86400",
+    "debounce": "seconds, 0 to 60",
+    "max_wait": "seconds, more than 0 and at most 3600, and not less than the debounce",
+    "failure_hold": "seconds, 0 to 3600",
+    "tag_limit": "bytes, a whole number from 128 to 65535",
+    "tag_allow": f"a Python regex (matched here, on gossiped keys), at most {MAX_REGEX} characters",
+    "replicas": "a whole number from 1 to 1000",
+    "publish_default": "true or false",
+    "namespaces": "namespace names (lowercase DNS labels), comma- or space-separated",
+    "exclude_namespaces": "namespace names (lowercase DNS labels)",
+    "selector": "`k=v`, `k==v`, `k!=v`, `k` and `!k` terms, comma-separated",
+    "cloud_name": "a lowercase DNS label",
+    "agent_users": "user names or numeric uids that exist on this host (checked at start); "
+    "root and the daemon's own user are always trusted",
+}
