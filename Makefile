@@ -4,8 +4,11 @@ PY      := $(VENV)/bin/python
 PIP     := $(VENV)/bin/pip
 CACHE   ?= /var/cache/serfbridge
 DEBS    := serf etcd-server etcd-client golang-go rsync dpkg-dev systemd curl openssl jq
+# `make deb` (debhelper, pybuild) and its lintian check; python3-venv for the test venvs.
+DEBS    += debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools \
+           python3-wheel python3-venv lintian
 
-.PHONY: install deps kube-apiserver lint fmt test test-unit test-docker bench demo docs clean
+.PHONY: install deps kube-apiserver lint fmt test test-unit test-docker bench demo docs clean deb
 
 install: $(VENV)/.installed
 
@@ -74,5 +77,9 @@ test-docker: install
 	else echo "test-docker: published service not seen via 127.0.0.1:$$3"; status=1; fi; \
 	$(COMPOSE) down -v; exit $$status
 
+# dist/serfbridge_<version>_all.deb (debhelper + pybuild, Debian's python3), lintian-clean.
+deb: deps
+	bash .ci/build-deb dist
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .hypothesis
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .hypothesis
