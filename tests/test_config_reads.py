@@ -12,7 +12,6 @@ import json
 import os
 import resource
 import subprocess
-import sys
 import threading
 import time
 import tracemalloc
@@ -25,6 +24,7 @@ from click.testing import CliRunner, Result
 from serfbridge import config, kube, logs
 from serfbridge.cli import cli
 from serfbridge.errors import ConfigError
+from tests.lab import commands
 from tests.lab.serfagents import free_port
 
 NOT_UTF8 = b"SERFBRIDGE_CLUSTER=lab\n\xff\xfe S3cr3t\n"
@@ -277,7 +277,7 @@ def test_handle_reads_a_bounded_stdin(tmp_path: Path) -> None:
     env = {**os.environ, "SERF_EVENT": "member-join", "HOME": str(tmp_path)}
     env.pop("KUBERNETES_SERVICE_HOST", None)
     socket_path = str(tmp_path / "no.sock")
-    argv = [sys.executable, "-m", "serfbridge.cli", "--config", str(empty),
+    argv = [commands.command(), "--config", str(empty),
             "--kubeconfig", "/dev/zero", "handle", "--handler-socket", socket_path]  # fmt: skip
     with open("/dev/zero", "rb") as zero:
         done = subprocess.run(

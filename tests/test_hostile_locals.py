@@ -11,19 +11,18 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from serfbridge import handoff
 from tests import localusers
+from tests.lab import commands
 from tests.lab.bridges import BridgeProcess
 from tests.lab.fake_agent import FakeAgent
 from tests.lab.serfagents import AgentSpec
 
-ROOT = Path(__file__).resolve().parent.parent
-SHIM = str(ROOT / "handlers" / "serf-event-handler")
-HANDLE = str(Path(sys.executable).parent / "serfbridge-handle")
+SHIM = commands.shim()
+HANDLE = commands.command("serfbridge-handle")
 HANDED = "event handed over by the handler"
 
 GARBAGE = """
@@ -259,7 +258,7 @@ def test_the_rpc_key_never_reaches_a_port_squatter(world, tmp_path) -> None:
             keyfile = tmp_path / "key"
             keyfile.write_text(key)
             cli = subprocess.run(
-                [sys.executable, "-m", "serfbridge.cli", "--rpc-addr", agent.rpc_addr,
+                [commands.command(), "--rpc-addr", agent.rpc_addr,
                  "--rpc-auth-file", str(keyfile), "members"],
                 capture_output=True, text=True, timeout=60, check=False,
             )  # fmt: skip
@@ -301,7 +300,7 @@ def wait4_run(argv: list[str], out: Path, err: Path) -> tuple[int, float, int]:
 
 def test_a_fake_agent_with_a_million_members_gets_a_protocol_error(world, tmp_path) -> None:
     with FakeAgent(1_000_000) as fake:
-        argv = [sys.executable, "-m", "serfbridge.cli", "--rpc-addr", fake.rpc_addr, "members"]
+        argv = [commands.command(), "--rpc-addr", fake.rpc_addr, "members"]
         code, took, rss = wait4_run(argv, tmp_path / "out", tmp_path / "err")
         err = (tmp_path / "err").read_text()
         printed = len((tmp_path / "out").read_text().splitlines()) + len(err.splitlines())

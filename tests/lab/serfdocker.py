@@ -27,7 +27,6 @@ import contextlib
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -62,10 +61,12 @@ def enabled() -> bool:
 
 def handle_command() -> str:
     """What a lab agent's event handler runs as ``serfbridge-handle``: the image's own
-    under ``make test-docker``, else this interpreter's (the venv's)."""
+    under ``make test-docker``, else the installed one that ``commands`` names."""
     if enabled():
         return "serfbridge-handle"
-    return str(Path(sys.executable).parent / "serfbridge-handle")
+    from tests.lab import commands
+
+    return commands.command("serfbridge-handle")
 
 
 def docker(*args: str, timeout: float = 60.0, check: bool = True) -> str:
