@@ -90,8 +90,11 @@ DOCKER_TESTS ?= tests/test_lab_serf.py tests/test_to_k8s.py \
 	tests/test_to_serf.py::test_crash_consistency_100_changes_20_kill_9 \
 	tests/test_to_serf.py::test_agent_restart_tags_back_within_one_second \
 	tests/test_docker_image.py
-test-docker: install deps kube-apiserver
-	SERFBRIDGE_CACHE=$(CACHE) VENV=$(VENV) DOCKER_TESTS="$(DOCKER_TESTS)" bash .ci/test-docker
+# It runs in the wheel's test venv (made by `make test`, or here when missing), as `make test`.
+test-docker: deps kube-apiserver
+	@[ -x $(TEST_VENV)/bin/pytest ] || $(MAKE) test-wheel
+	SERFBRIDGE_TEST_INSTALLED=1 SERFBRIDGE_CACHE=$(CACHE) VENV=$(TEST_VENV) \
+	  DOCKER_TESTS="$(DOCKER_TESTS)" bash .ci/test-docker
 
 # dist/serfbridge_<version>_all.deb (debhelper + pybuild, Debian's python3), lintian-clean.
 deb: deps
