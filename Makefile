@@ -1,13 +1,25 @@
 # serfbridge developer commands. `make install` once, then `make test` / `make demo`.
+# .venv is the editable dev install (`make install` = `make dev`: lint, demo, bench, docs);
+# `make test` and `make test-deb` test what users install, never the checkout.
 VENV    ?= .venv
+# `make test`: the built wheel, installed (not -e) with its test extras in a fresh venv.
+TEST_VENV ?= dist/test-venv
+# `make test-deb`: Debian's /usr/bin/python3 with Debian's libraries (system site-packages)
+# and the installed .deb; pip adds only pytest, which the package does not use.
+DEB_TEST_VENV ?= dist/deb-test-venv
+DEB_TESTS ?= tests/test_to_serf.py tests/test_to_k8s.py
 PY      := $(VENV)/bin/python
 PIP     := $(VENV)/bin/pip
 CACHE   ?= /var/cache/serfbridge
 DEBS    := serf etcd-server etcd-client golang-go rsync dpkg-dev systemd curl openssl jq
+# `make deb` (debhelper, pybuild) and its lintian check; python3-venv for the test venvs.
+DEBS    += debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools \
+           python3-wheel python3-venv lintian
 
-.PHONY: install deps kube-apiserver lint fmt test test-unit test-docker bench demo docs clean
+.PHONY: install dev deps kube-apiserver lint fmt test test-wheel test-unit test-docker bench demo docs clean deb test-deb
 
 install: $(VENV)/.installed
+dev: install
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	python3 -m venv $(VENV)
@@ -34,8 +46,27 @@ lint: install
 	$(VENV)/bin/ruff check serfbridge tests bench
 	$(VENV)/bin/mypy
 
-test: install
-	$(VENV)/bin/pytest -q
+# A fresh venv every time; `rm -rf build` so no stale module from an older tree gets in.
+test-wheel:
+	rm -rf build $(TEST_VENV) dist/serfbridge-*.whl
+	python3 -m venv $(TEST_VENV)
+	$(TEST_VENV)/bin/pip install -q -U pip
+	$(TEST_VENV)/bin/pip wheel -q --no-deps -w dist .
+	$(TEST_VENV)/bin/pip install -q "$$(ls dist/serfbridge-*-py3-none-any.whl)[test]"
+
+test: test-wheel
+	SERFBRIDGE_TEST_INSTALLED=1 $(TEST_VENV)/bin/pytest -q
+
+# The to-serf and to-k8s suites against /usr/bin/serfbridge from the .deb (installed on
+# this host with apt-get), on Debian's python3 and python3-* libraries.
+test-deb: deb kube-apiserver
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --reinstall \
+	  ./dist/serfbridge_$$(dpkg-parsechangelog -S Version)_all.deb
+	/usr/bin/python3 -m venv --clear --system-site-packages $(DEB_TEST_VENV)
+	$(DEB_TEST_VENV)/bin/pip install -q 'pytest>=8' 'pytest-timeout>=2.2'
+	SERFBRIDGE_TEST_INSTALLED=1 SERFBRIDGE_TEST_SYSTEM_LIBS=1 SERFBRIDGE_BIN=/usr/bin \
+	  SERFBRIDGE_SHIM=/usr/lib/serfbridge/serf-event-handler \
+	  $(DEB_TEST_VENV)/bin/pytest -q -p no:cacheprovider $(DEB_TESTS)
 
 test-unit: install
 	$(VENV)/bin/pytest -q -m "not integration"
@@ -74,5 +105,9 @@ test-docker: install
 	else echo "test-docker: published service not seen via 127.0.0.1:$$3"; status=1; fi; \
 	$(COMPOSE) down -v; exit $$status
 
+# dist/serfbridge_<version>_all.deb (debhelper + pybuild, Debian's python3), lintian-clean.
+deb: deps
+	bash .ci/build-deb dist
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .hypothesis
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .hypothesis

@@ -95,29 +95,73 @@ DEFAULT_SOCKET = "/run/serfbridge/handler.sock"
 
 def socket_path(env: Mapping[str, str]) -> str:
     """Where the daemon listens: the environment, else the config file, else the default."""
-    path = env.get("SERFBRIDGE_HANDLER_SOCKET")
-    if path:
-        return path
+    return env.get("SERFBRIDGE_HANDLER_SOCKET") or _file_values(env).get(
+        "handler_socket", DEFAULT_SOCKET
+    )
+
+
+def _file_values(env: Mapping[str, str]) -> dict[str, str]:
     from serfbridge import config  # only when needed: it costs most of this command's start
 
     try:
-        values = config.read_config_file(env.get("SERFBRIDGE_CONFIG", config.DEFAULT_CONFIG))
+        return config.read_config_file(env.get("SERFBRIDGE_CONFIG", config.DEFAULT_CONFIG))
     except Exception:  # a broken file is reported by the standalone path, with its details
-        values = {}
-    return values.get("handler_socket", DEFAULT_SOCKET)
+        return {}
+
+
+IN_CLUSTER_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+#: The longest a standalone pass may hold the agent's event loop (serf has no timeout).
+STANDALONE_BUDGET = 10.0
+
+
+def maybe_no_credentials(env: Mapping[str, str]) -> str | None:
+    """Why no standalone pass can run (no Kubernetes credentials to load), or None.
+
+    The same order as ``kube.load_client``: $KUBECONFIG (or the file's ``KUBECONFIG``),
+    else the in-cluster account, else ~/.kube/config. Only existence is checked: a file
+    that is there but broken is reported by the pass itself, with its details.
+    """
+    path = env.get("KUBECONFIG") or _file_values(env).get("kubeconfig")
+    if not path and env.get("KUBERNETES_SERVICE_HOST"):
+        path = IN_CLUSTER_TOKEN
+    path = path or os.path.join(env.get("HOME") or os.path.expanduser("~"), ".kube", "config")
+    return None if os.path.isfile(path) else f"no Kubernetes credentials ({path} does not exist)"
+
+
+def _give_up(signum: int, frame: object) -> None:
+    sys.stderr.write(f"serfbridge-handle: standalone pass gave up after {STANDALONE_BUDGET:g}s\n")
+    os._exit(1)
 
 
 def main() -> None:
     """``serfbridge-handle``, what the shim runs: hand over fast, else the full command.
 
     Only the standard library is imported on the hand-over path, so the agent's event loop
-    is held for as short a time as possible (``reference/serf-rpc.md`` §7.4).
+    is held for as short a time as possible (``reference/serf-rpc.md`` §7.4). Without a
+    daemon, a pass that cannot run fails at once with one line (exit 2, as the full
+    command would after loading its libraries), and one that can is bounded in time.
     """
+    if sys.argv[1:] == ["--version"]:
+        from serfbridge import __version__
+
+        print(f"serfbridge-handle, version {__version__}")
+        return
     env = os.environ
     stdin = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
     event = parse_event(env, stdin)
-    if not event.is_member_event or hand_over(socket_path(env), event):
+    path = socket_path(env)
+    if not event.is_member_event or hand_over(path, event):
         return
+    why = maybe_no_credentials(env)
+    if why is not None:
+        sys.stderr.write(
+            f"serfbridge-handle: no daemon at {path} and {why}: {event.name} not handled\n"
+        )
+        sys.exit(2)
+    import signal
+
+    signal.signal(signal.SIGALRM, _give_up)
+    signal.setitimer(signal.ITIMER_REAL, STANDALONE_BUDGET)
     from serfbridge.cli import cli  # no daemon: do the work here, with the whole CLI
 
     cli(args=["handle"], prog_name="serfbridge")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 
 import pytest
 from click.testing import CliRunner
 
 from serfbridge.cli import cli
+from tests.lab import commands
 from tests.lab.serfagents import AgentSpec, SerfCluster
 
 
@@ -119,7 +119,7 @@ def test_auth_via_flag_env_and_file_and_key_never_logged(serf_cluster, tmp_path)
     for extra in ([], ["--rpc-auth", "wrong"]):
         # A real process with -v, so every log line we emit is captured.
         proc = subprocess.run(
-            [sys.executable, "-m", "serfbridge.cli", "-vv", "--rpc-addr", rpc, *extra, "members"],
+            [commands.command(), "-vv", "--rpc-addr", rpc, *extra, "members"],
             capture_output=True,
             text=True,
             timeout=30,
@@ -129,9 +129,7 @@ def test_auth_via_flag_env_and_file_and_key_never_logged(serf_cluster, tmp_path)
         assert "authentication failed" in proc.stderr
     proc = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "serfbridge.cli",
+            commands.command(),
             "-vv",
             "--rpc-addr",
             rpc,
@@ -153,9 +151,7 @@ def test_event_stream_query_and_monitor(serf3: SerfCluster) -> None:
     n1, n2 = serf3.agents[0], serf3.agents[1]
     follower = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "serfbridge.cli",
+            commands.command(),
             "--rpc-addr",
             n1.rpc_addr,
             "stream",

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from serfbridge import rendezvous
-from serfbridge.cli import cli
+from serfbridge.rpc.client import SerfClient
+from tests.lab import commands
 from tests.lab.bridges import World
 from tests.lab.serfagents import AgentSpec
-from serfbridge.rpc.client import SerfClient
 
 pytestmark = pytest.mark.integration
 P = "serfbridge.io"
@@ -172,9 +170,9 @@ def test_hostile_gossip_becomes_no_invalid_label(world) -> None:
     assert "serfbridge_gossip_rejects_total" in metrics
 
 
-def run_cli(w: World, node: str, *args: str):
-    return CliRunner().invoke(
-        cli,
+def run_cli(w: World, node: str, *args: str) -> commands.Result:
+    """The installed ``serfbridge`` for ``node`` (what a user runs), as a process."""
+    return commands.run(
         [
             "--config",
             "/dev/null",
@@ -187,8 +185,7 @@ def run_cli(w: World, node: str, *args: str):
             "--node-name",
             node,
             *args,
-        ],
-        catch_exceptions=False,
+        ]
     )
 
 
@@ -208,15 +205,12 @@ def test_sync_once_dry_run_then_apply_then_nothing(world) -> None:
     assert "nothing to change" in again.output and "PATCH" not in again.output
 
 
-REPO = Path(__file__).resolve().parent.parent
-
-
 def handler_specs(w_prefix: str, kubeconfig: str, workdir: Path) -> list[AgentSpec]:
     specs = []
     for i in (1, 2, 3):
         node = f"{w_prefix}{i}"
         env = {
-            "SERFBRIDGE_HANDLE": str(Path(sys.executable).parent / "serfbridge-handle"),
+            "SERFBRIDGE_HANDLE": commands.command("serfbridge-handle"),
             "SERFBRIDGE_CONFIG": "/dev/null",
             "SERF_RPC_ADDR": "{rpc_addr}",
             "KUBECONFIG": kubeconfig,
@@ -227,7 +221,7 @@ def handler_specs(w_prefix: str, kubeconfig: str, workdir: Path) -> list[AgentSp
         command = "env " + " ".join(f"{k}={v}" for k, v in env.items())
         # Serf splits a handler on its first "=": the filter must come first.
         events = "member-join,member-leave,member-failed,member-update,member-reap"
-        handler = f"{events}={command} {REPO}/handlers/serf-event-handler"
+        handler = f"{events}={command} {commands.shim()}"
         specs.append(AgentSpec(f"serf-{node}", event_handlers=[handler]))
     return specs
 

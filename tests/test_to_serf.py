@@ -27,16 +27,15 @@ from typing import Any
 
 import msgpack  # type: ignore[import-untyped,unused-ignore]
 import pytest
-from click.testing import CliRunner
 
 from serfbridge import cloudy, kube, rendezvous
-from serfbridge.cli import cli
 from serfbridge.errors import KubeError, KubeNotFound
-from tests.lab.bridges import BridgeProcess, World
-from tests.lab.serfagents import SerfAgent, raw_request
 from serfbridge.plan_publish import PublishPlan, PublishSettings, plan_publish
 from serfbridge.rpc.budget import encoded_tags_size, merged_tags
 from serfbridge.rpc.client import SerfClient
+from tests.lab import commands
+from tests.lab.bridges import BridgeProcess, World
+from tests.lab.serfagents import SerfAgent, raw_request
 
 pytestmark = pytest.mark.integration
 P = "serfbridge.io"
@@ -354,11 +353,9 @@ def converged(w: World, nodes: list[str], ns: str, cluster: str = "lab") -> bool
 
 
 def services_json(w: World, node: str) -> list[dict[str, str]]:
-    """``serfbridge services --json`` on ``node``'s agent, parsed."""
-    result = CliRunner().invoke(
-        cli,
-        ["--config", "/dev/null", "--rpc-addr", w.agent_for(node).rpc_addr, "services", "--json"],
-        catch_exceptions=False,
+    """The installed ``serfbridge services --json`` on ``node``'s agent, parsed."""
+    result = commands.run(
+        ["--config", "/dev/null", "--rpc-addr", w.agent_for(node).rpc_addr, "services", "--json"]
     )
     assert result.exit_code == 0, result.output
     rows: list[dict[str, str]] = json.loads(result.stdout)

@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from serfbridge import kube
+from tests.lab import commands
 from tests.lab.apiserver import LabApiServer
 from tests.lab.serfagents import AgentSpec, SerfCluster, free_port
 
@@ -68,9 +68,7 @@ class BridgeProcess:
 
     def argv(self) -> list[str]:
         return [
-            sys.executable,
-            "-m",
-            "serfbridge.cli",
+            commands.command("serfbridge"),
             "--config",
             str(self.config),
             "--rpc-addr",

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+from tests.lab import commands
 from tests.lab.bridges import World
 
 P = "serfbridge.io"
+serfbridge_command = commands.command("serfbridge")  # the dev venv's: runs the checkout
 SERVICE = {
     "metadata": {"name": "web", "annotations": {f"{P}/description": "demo web"}},
     "spec": {
@@ -36,9 +38,9 @@ def step(text: str) -> None:
 
 def show(argv: list[str]) -> None:
     shown = [
-        "serfbridge" if a == "serfbridge.cli" else a
+        Path(a).name if a == serfbridge_command else a
         for a in argv
-        if a not in (sys.executable, "-m", "--config", "/dev/null")
+        if a not in ("--config", "/dev/null")
     ]
     print("$ " + " ".join(shown), flush=True)
     result = subprocess.run(argv, capture_output=True, text=True, check=False)
@@ -57,7 +59,7 @@ def wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
 
 def main() -> None:
     began = time.monotonic()
-    serfbridge = [sys.executable, "-m", "serfbridge.cli", "--config", "/dev/null"]
+    serfbridge = [serfbridge_command, "--config", "/dev/null"]
     step("starting kube-apiserver + etcd, 3 serf agents, 3 Nodes, one serfbridge per node")
     with World(3) as w:
         w.start_bridges()
