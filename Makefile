@@ -7,7 +7,7 @@ TEST_VENV ?= dist/test-venv
 # `make test-deb`: Debian's /usr/bin/python3 with Debian's libraries (system site-packages)
 # and the installed .deb; pip adds only pytest, which the package does not use.
 DEB_TEST_VENV ?= dist/deb-test-venv
-DEB_TESTS ?= tests/test_to_serf.py tests/test_to_k8s.py
+DEB_TESTS ?= tests/test_to_k8s.py tests/test_to_serf.py
 PY      := $(VENV)/bin/python
 PIP     := $(VENV)/bin/pip
 CACHE   ?= /var/cache/serfbridge

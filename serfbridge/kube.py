@@ -22,6 +22,7 @@ import datetime
 import json
 import logging
 import os
+import socket
 import threading
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -252,18 +253,35 @@ class KubeClient:
         headers = {"Accept": "application/json", "Content-Type": content_type}
         timeout = (10.0, read_timeout or self.timeout)
         try:
-            prepared = self._api.param_serialize(
-                method=method, resource_path=path, query_params=list((query or {}).items()),
-                header_params=headers, body=body, auth_settings=["BearerToken"],
-            )  # fmt: skip
-            reply = self._api.call_api(*prepared, _request_timeout=timeout)
-            if not 200 <= reply.status <= 299:
-                reply.read()
-                raise ApiException(http_resp=reply)
+            return self._send(method, path, query, headers, body, timeout)
         except ApiException as exc:
             raise translate(exc, where) from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise KubeUnavailable(f"unavailable: {where}: {exc}") from exc
+
+    def _send(
+        self, method: str, path: str, query: Mapping[str, str] | None, headers: dict[str, str],
+        body: Json | None, timeout: tuple[float, float],
+    ) -> Any:  # fmt: skip
+        """The unread urllib3 response of one request; ApiException for a non-2xx status."""
+        query_params = list((query or {}).items())
+        if not hasattr(self._api, "param_serialize"):
+            # The older generated client (Debian 12's python3-kubernetes 22.6): call_api
+            # serializes itself and, not preloading, returns the urllib3 response; its REST
+            # layer raises ApiException for a non-2xx status.
+            return self._api.call_api(
+                path, method, query_params=query_params, header_params=headers, body=body,
+                auth_settings=["BearerToken"], _preload_content=False,
+                _return_http_data_only=True, _request_timeout=timeout,
+            )  # fmt: skip
+        prepared = self._api.param_serialize(
+            method=method, resource_path=path, query_params=query_params,
+            header_params=headers, body=body, auth_settings=["BearerToken"],
+        )  # fmt: skip
+        reply = self._api.call_api(*prepared, _request_timeout=timeout)
+        if not 200 <= reply.status <= 299:
+            reply.read()
+            raise ApiException(http_resp=reply)
         return reply.response
 
     # --- the operations the bridge uses ----------------------------------------------
@@ -354,8 +372,11 @@ class WatchStream:
             raise KubeUnavailable(f"unavailable: {self._where}: {exc}") from exc
 
     def shutdown(self) -> None:
-        with contextlib.suppress(OSError, ValueError, RuntimeError):  # closed or released
-            self._response.shutdown()
+        with contextlib.suppress(OSError, ValueError, RuntimeError, AttributeError):  # closed
+            if hasattr(self._response, "shutdown"):  # urllib3 >= 2.3
+                self._response.shutdown()
+            else:  # urllib3 1.26 (Debian 12): shut down the socket under the response
+                self._response._connection.sock.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
         self._response.close()
