@@ -36,8 +36,14 @@ DEFAULT_CACHE = "/var/cache/serfbridge"
 ROOTFS_NAME = "nspawn-bookworm"
 ROOTFS_STAMP = ".serfbridge-rootfs"
 #: A clean environment inside the machine: not the host's PATH, venv or locale.
-MACHINE_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "TERM": "dumb",
-               "DEBIAN_FRONTEND": "noninteractive", "SYSTEMD_PAGER": "", "HOME": "/root"}  # fmt: skip
+MACHINE_ENV = {
+    "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+    "LANG": "C.UTF-8",
+    "TERM": "dumb",
+    "DEBIAN_FRONTEND": "noninteractive",
+    "SYSTEMD_PAGER": "",
+    "HOME": "/root",
+}
 
 
 class MachineError(SerfBridgeError):
@@ -81,7 +87,9 @@ class BootedMachine:
         self.name = name
         self.rootfs = rootfs or find_rootfs()
         self.bind_ro = tuple(bind_ro)
-        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="serfbridge-nspawn-", dir="/var/tmp"))
+        self.workdir = Path(
+            workdir or tempfile.mkdtemp(prefix="serfbridge-nspawn-", dir="/var/tmp")
+        )
         self.root = self.workdir / "root"
         self.console_path = self.workdir / "console.log"
         self.boot_timeout = boot_timeout
@@ -112,7 +120,9 @@ class BootedMachine:
         """Copy the root, boot it, wait until systemd says the boot is done."""
         for tool in ("systemd-nspawn", "nsenter"):
             if shutil.which(tool) is None:
-                raise MachineError(f"{tool} not found: apt-get install systemd-container util-linux")
+                raise MachineError(
+                    f"{tool} not found: apt-get install systemd-container util-linux"
+                )
         began = time.monotonic()
         # cp -a keeps owners, modes, hard links and device nodes; the cache stays pristine.
         _run(["cp", "-a", "--reflink=auto", str(self.rootfs), str(self.root)], timeout=300)
