@@ -54,6 +54,7 @@ PACKAGE_FILES = (
     "/etc/serf/serfbridge.json",
 )
 CONFFILE = "/etc/serfbridge/config"
+OPERATIONS = REPO / "docs" / "operations.md"  # its Troubleshooting quotes this module's lines
 FIGURES: dict[str, str] = {}
 
 
@@ -167,6 +168,7 @@ def kubeconfig_for_machine(lab: LabApiServer) -> str:
     })  # fmt: skip
 
 
+@pytest.mark.timeout(900)  # includes the module's boot and `apt-get install`
 def test_install_without_kubeconfig_neither_fails_nor_loops(boot):
     """Fresh install: no kubeconfig yet. The unit is enabled, skipped by its condition,
     not failed, and stays that way (no restart loop)."""
@@ -188,6 +190,7 @@ def test_install_without_kubeconfig_neither_fails_nor_loops(boot):
         "(ConditionPathExists=/etc/serfbridge/kubeconfig)"
     )
     assert skipped in m.journal(UNIT), m.journal(UNIT)
+    assert skipped in OPERATIONS.read_text()
 
 
 def test_ready_only_after_the_api_answers(boot):
@@ -208,7 +211,9 @@ def test_ready_only_after_the_api_answers(boot):
         time.sleep(0.5)
     assert boot.state()["NRestarts"] == "0"
     # the line docs/operations.md quotes for an unreachable API
-    assert "kube nodes: unavailable: list nodes:" in m.journal(UNIT), boot.diagnose()
+    unreachable = "kube nodes: unavailable: list nodes: HTTPSConnectionPool(host='127.0.0.1'"
+    assert unreachable in m.journal(UNIT), boot.diagnose()
+    assert unreachable in OPERATIONS.read_text()
     launched = time.monotonic()
     starter = threading.Thread(target=lab.start_apiserver, name="apiserver-start")
     starter.start()
@@ -255,10 +260,7 @@ def test_serf_and_serfbridge_are_active(boot):
 def test_the_handler_hands_member_events_to_the_daemon(boot):
     """A host agent joins the machine's agent: serf runs the packaged handler, which
     hands the event to the daemon over its socket (the daemon logs each hand-over)."""
-    agent = SerfAgent(AgentSpec(f"host-{secrets.token_hex(2)}"), workdir=boot.workdir,
-                      peers=lambda: [boot.serf_bind])  # fmt: skip
-    boot.host_agents.append(agent)
-    agent.start()
+    join_from_host(boot)
     boot.expect(
         lambda: "event handed over by the handler: member-join" in boot.machine.journal(UNIT),
         30, "the daemon to log the handed-over member-join",
@@ -282,16 +284,28 @@ def test_the_watchdog_holds_for_two_minutes(boot):
     assert "watchdog" not in boot.machine.journal(UNIT).lower()
 
 
+@pytest.mark.timeout(180)
+def test_a_hung_daemon_is_restarted_by_the_watchdog(boot):
+    """The watchdog is armed for real: a frozen daemon (SIGSTOP) sends no WATCHDOG=1, so
+    systemd aborts it after WatchdogSec=30 and restarts it."""
+    before = boot.state()
+    frozen = time.monotonic()
+    boot.machine.run(["systemctl", "kill", "--kill-who=main", "--signal=STOP", UNIT])
+    boot.expect(lambda: restarted(boot, before), 120, "the watchdog to restart serfbridge")
+    figure("watchdog restart of a frozen daemon (WatchdogSec=30)", time.monotonic() - frozen)
+    assert "Watchdog timeout" in boot.machine.journal(UNIT, 50), boot.diagnose()
+
+
+def restarted(boot: Boot, before: dict[str, str]) -> bool:
+    now = boot.state()
+    return now["ActiveState"] == "active" and now["MainPID"] not in ("0", before["MainPID"])
+
+
 def test_sigkill_leads_to_a_restart(boot):
     before = boot.state()
     killed = time.monotonic()
     boot.machine.run(["systemctl", "kill", "--signal=KILL", UNIT])
-
-    def restarted() -> bool:
-        now = boot.state()
-        return now["ActiveState"] == "active" and now["MainPID"] not in ("0", before["MainPID"])
-
-    boot.expect(restarted, 60, "serfbridge to come back after SIGKILL")
+    boot.expect(lambda: restarted(boot, before), 60, "serfbridge to come back after SIGKILL")
     after = boot.state()
     entered = int(after["ActiveEnterTimestampMonotonic"]) / 1e6
     figure("restart after SIGKILL to active again (RestartSec=2 included)", entered - killed)
@@ -333,6 +347,28 @@ def test_purge_removes_the_package_and_its_conffile(boot):
     assert load == "not-found", load
     # the operator's secret is not the package's: it stays, as dpkg leaves foreign files
     assert m.exists("/etc/serfbridge/kubeconfig")
+    # serf forgot the handler (postrm): a new member's event runs no missing script
+    joins = serf_log_count(m, "Received event: member-join")
+    join_from_host(boot)
+    boot.expect(lambda: serf_log_count(m, "Received event: member-join") > joins, 30,
+                "the machine's agent to see a member-join after the purge")  # fmt: skip
+    time.sleep(1)  # serf logs a failed handler right after the event line
+    serf_log = m.journal("serf.service")
+    assert "Error invoking script" not in serf_log, serf_log
+    assert boot.state("serf.service")["ActiveState"] == "active"
+
+
+def serf_log_count(m: BootedMachine, text: str) -> int:
+    return m.journal("serf.service", 1000).count(text)
+
+
+def join_from_host(boot: Boot) -> SerfAgent:
+    """A new serf agent on the host, joined to the machine's agent (a member-join there)."""
+    agent = SerfAgent(AgentSpec(f"host-{secrets.token_hex(2)}"), workdir=boot.workdir,
+                      peers=lambda: [boot.serf_bind])  # fmt: skip
+    boot.host_agents.append(agent)
+    agent.start()
+    return agent
 
 
 def test_machine_error_names_the_missing_root(tmp_path, monkeypatch):
