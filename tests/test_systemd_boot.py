@@ -144,11 +144,15 @@ def boot() -> Iterator[Boot]:
         machine.run(["apt-get", "install", "-y", "-q", "serf", DEB_INSIDE], timeout=600)
         figure("stage install (apt-get update + install serf and the .deb)",
                time.monotonic() - began)  # fmt: skip
+        checks = time.monotonic()
         yield setup
+        figure("stage checks (the tests on the booted machine)", time.monotonic() - checks)
     finally:
         for agent in agents:
             agent.terminate()
+        halted = time.monotonic()
         machine.close()
+        figure("stage teardown (halt the machine, remove the copy)", time.monotonic() - halted)
         if client is not None:
             kube.cleanup()
             client.close()

@@ -144,7 +144,8 @@ class BootedMachine:
         )  # fmt: skip
         wait_until(self._find_leader, 30, f"the PID 1 of machine {self.name}")
         # `--wait` returns once the boot job queue is empty: running, or degraded. Until
-        # PID 1 has its private socket up, systemctl cannot connect and prints nothing.
+        # PID 1 is up, systemctl cannot connect (prints nothing) or sees no booted systemd
+        # yet ("offline"); both mean "ask again".
         deadline = time.monotonic() + self.boot_timeout
         while True:
             done = self.run(["systemctl", "is-system-running", "--wait"],
@@ -152,7 +153,7 @@ class BootedMachine:
             state = done.stdout.strip()
             if state in ("running", "degraded"):
                 return
-            if state or time.monotonic() > deadline:
+            if state in ("maintenance", "stopping") or time.monotonic() > deadline:
                 raise MachineError(f"machine {self.name} booted into state {state!r}: "
                                    f"{done.stderr.strip()}\n{self.console()}")  # fmt: skip
             time.sleep(0.2)
