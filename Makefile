@@ -14,7 +14,7 @@ CACHE   ?= /var/cache/serfbridge
 DEBS    := serf etcd-server etcd-client golang-go rsync dpkg-dev systemd curl openssl jq
 # `make deb` (debhelper, pybuild) and its lintian check; python3-venv for the test venvs.
 DEBS    += debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools \
-           python3-wheel python3-venv lintian
+           python3-wheel python3-venv lintian git
 # `make test-boot`: the .deb in a debootstrapped Debian 12 booted by systemd-nspawn.
 DEBS    += debootstrap systemd-container
 BOOT_TESTS ?= tests/test_systemd_boot.py
@@ -62,7 +62,7 @@ test-wheel:
 	$(TEST_VENV)/bin/pip wheel -q --no-deps -w dist .
 	$(TEST_VENV)/bin/pip install -q "$$(ls dist/serfbridge-*-py3-none-any.whl)[test]"
 
-test: test-wheel
+test: deps kube-apiserver test-wheel
 	SERFBRIDGE_TEST_INSTALLED=1 $(TEST_VENV)/bin/pytest -q --ignore=$(BOOT_TESTS)
 
 # The .deb installed with apt-get on a fresh copy of the bookworm root, booted under a real
@@ -84,13 +84,13 @@ test-deb: deb kube-apiserver
 test-unit: install
 	$(VENV)/bin/pytest -q -m "not integration"
 
-bench: install deps kube-apiserver
+bench: deps kube-apiserver install
 	$(PY) -m bench
 
 docs: install
 	$(PY) -m serfbridge.cli.reference > docs/configuration.md
 
-demo: install deps kube-apiserver
+demo: deps kube-apiserver install
 	$(PY) -m tests.lab.demo
 
 # Three serf agents in Docker (docker-compose.yml), driven from the host through

@@ -33,10 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.bench_rpc_members import ms, p90, print_table, time_interleaved
-from tests.lab.bridges import BridgeProcess, World
-from tests.lab.serfagents import AgentSpec, SerfAgent
 from serfbridge.rpc.client import SerfClient
 from serfbridge.rpc.models import MemberEvent
+from tests.lab.bridges import BridgeProcess, World
+from tests.lab.serfagents import AgentSpec, SerfAgent
 
 AGENTS = 20
 RUNS = 15

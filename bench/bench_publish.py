@@ -42,11 +42,11 @@ from serfbridge.cloudy import (
     owner_txt,
 )
 from serfbridge.kube import parse_node, parse_service
-from tests.lab.bridges import World, node_body
 from serfbridge.plan_publish import PublishSettings, plan_publish
 from serfbridge.rpc.budget import DEFAULT_TAG_LIMIT, encoded_tags_size
 from serfbridge.rpc.client import SerfClient
 from serfbridge.rpc.models import Member
+from tests.lab.bridges import World, node_body
 
 LATENCY_REPS = 10
 POLL = 0.01

@@ -24,9 +24,9 @@ import msgpack
 from serfclient import SerfClient as PyPISerf
 from serfclient.connection import SerfConnection
 
-from tests.lab.serfagents import SERF_BIN, SerfCluster
 from serfbridge.rpc.client import SerfClient, split_addr
 from serfbridge.rpc.protocol import Connection, Ready, Reply, encode_reply
+from tests.lab.serfagents import SERF_BIN, SerfCluster
 
 AGENTS = 20
 #: Longer than serf's 30 s reconnect interval: a member falsely marked failed under

@@ -47,9 +47,9 @@ from serfbridge.cloudy import (
     search_json,
 )
 from serfbridge.errors import BudgetError
-from tests.lab.serfagents import SerfAgent, SerfCluster
 from serfbridge.rpc.budget import DEFAULT_TAG_LIMIT, encoded_tags_size
 from serfbridge.rpc.client import SerfClient
+from tests.lab.serfagents import SerfAgent, SerfCluster
 
 AGENTS = 20
 #: Longer than serf's 30 s reconnect interval: a member falsely marked failed under

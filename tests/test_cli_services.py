@@ -12,9 +12,9 @@ from click.testing import CliRunner
 
 from serfbridge import cloudy
 from serfbridge.cli import cli
-from tests.lab.serfagents import SerfCluster
 from serfbridge.rpc.budget import encoded_tags_size
 from serfbridge.rpc.client import SerfClient
+from tests.lab.serfagents import SerfCluster
 
 pytestmark = pytest.mark.integration
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from serfbridge.errors import KubeForbidden
-from tests.lab.apiserver import SERVICE_ACCOUNT_USER
 from tests.fixtures_kube import KubeObjects, client_for, wait_until
+from tests.lab.apiserver import SERVICE_ACCOUNT_USER
 
 pytestmark = pytest.mark.integration
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"

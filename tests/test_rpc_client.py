@@ -8,7 +8,6 @@ from collections.abc import Callable
 import pytest
 
 from serfbridge.errors import AuthError, BudgetError, QueryError, TagsTooLarge
-from tests.lab.serfagents import AgentSpec, SerfCluster
 from serfbridge.rpc.budget import encoded_tags_size
 from serfbridge.rpc.client import SerfClient, Stream
 from serfbridge.rpc.models import (
@@ -19,6 +18,7 @@ from serfbridge.rpc.models import (
     StreamItem,
     UserEvent,
 )
+from tests.lab.serfagents import AgentSpec, SerfCluster
 
 pytestmark = pytest.mark.integration
 
