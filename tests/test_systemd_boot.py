@@ -202,7 +202,9 @@ def test_ready_only_after_the_api_answers(boot):
     `active` follows, and not before the apiserver process even existed."""
     m, lab = boot.machine, boot.lab
     m.write_file("/etc/serfbridge/kubeconfig", kubeconfig_for_machine(lab), 0o600)
-    m.write_file(CONFFILE, "\n".join([
+    # the operator edits the package's conffile (purge must remove it, edited or not)
+    packaged = (m.root / CONFFILE.lstrip("/")).read_text()
+    m.write_file(CONFFILE, packaged + "\n".join([
         f"SERFBRIDGE_CLUSTER={CLUSTER}", f"SERFBRIDGE_NODE_NAME={m.name}",
         f"SERF_RPC_ADDR={boot.serf_rpc}", f"SERFBRIDGE_HTTP_ADDR={boot.http_addr}", "",
     ]))  # fmt: skip
