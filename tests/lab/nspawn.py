@@ -18,6 +18,7 @@ commands, as an operator would.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
@@ -44,6 +45,9 @@ MACHINE_ENV = {
     "SYSTEMD_PAGER": "",
     "HOME": "/root",
 }
+
+
+_OPEN: list[BootedMachine] = []  # every started machine, for the atexit backstop
 
 
 class MachineError(SerfBridgeError):
@@ -123,6 +127,7 @@ class BootedMachine:
                 raise MachineError(
                     f"{tool} not found: apt-get install systemd-container util-linux"
                 )
+        _OPEN.append(self)
         began = time.monotonic()
         # cp -a keeps owners, modes, hard links and device nodes; the cache stays pristine.
         _run(["cp", "-a", "--reflink=auto", str(self.rootfs), str(self.root)], timeout=300)
@@ -178,6 +183,8 @@ class BootedMachine:
 
     def close(self) -> None:
         """Halt the machine (SIGTERM to nspawn), SIGKILL what is left, remove the copy."""
+        if self in _OPEN:
+            _OPEN.remove(self)
         proc, self._nspawn = self._nspawn, None
         if proc is not None and proc.poll() is None:
             proc.terminate()  # nspawn asks the container's systemd for an orderly halt
@@ -259,3 +266,11 @@ def _run(argv: list[str], timeout: float) -> None:
     done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     if done.returncode != 0:
         raise MachineError(f"{' '.join(argv)} failed: {done.stderr.strip()}")
+
+
+@atexit.register
+def _close_leftovers() -> None:
+    """A run interrupted past its own cleanup still halts its machines and removes copies."""
+    for machine in list(_OPEN):
+        with contextlib.suppress(Exception):
+            machine.close()
