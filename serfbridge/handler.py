@@ -4,7 +4,8 @@ Serf runs handlers one at a time on its event loop with no timeout
 (``reference/serf-rpc.md`` §7.4), so this must be quick. The event is only a trigger
 (its stdin cannot carry tags with ``,`` or ``=`` reliably, §7.3): when a local
 ``serfbridge run`` listens on the handler socket, the event is handed over and we exit;
-otherwise one to-k8s pass runs here, with the same planner and applier as the daemon.
+otherwise one to-k8s pass runs here, with the same planner and applier as the daemon
+(cut off after ``STANDALONE_BUDGET``; refused at once when no credentials exist).
 
 ``parse_event`` is pure and takes the environment as an argument.
 """
