@@ -15,6 +15,9 @@ DEBS    := serf etcd-server etcd-client golang-go rsync dpkg-dev systemd curl op
 # `make deb` (debhelper, pybuild) and its lintian check; python3-venv for the test venvs.
 DEBS    += debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools \
            python3-wheel python3-venv lintian git
+# `make test-boot`: the .deb in a debootstrapped Debian 12 booted by systemd-nspawn.
+DEBS    += debootstrap systemd-container
+BOOT_TESTS ?= tests/test_systemd_boot.py
 
 .PHONY: install dev deps kube-apiserver lint fmt test test-wheel test-unit test-docker bench demo docs clean deb test-deb
 
@@ -38,6 +41,11 @@ deps:
 kube-apiserver:
 	SERFBRIDGE_CACHE=$(CACHE) bash .ci/build-kube-apiserver
 
+# A debootstrapped bookworm root in $(CACHE)/nspawn-bookworm, once per machine.
+.PHONY: nspawn-rootfs test-boot
+nspawn-rootfs: deps
+	SERFBRIDGE_CACHE=$(CACHE) bash .ci/build-nspawn-rootfs
+
 fmt: install
 	$(VENV)/bin/ruff format serfbridge tests bench
 	$(VENV)/bin/ruff check --fix serfbridge tests bench
@@ -55,7 +63,12 @@ test-wheel:
 	$(TEST_VENV)/bin/pip install -q "$$(ls dist/serfbridge-*-py3-none-any.whl)[test]"
 
 test: deps kube-apiserver test-wheel
-	SERFBRIDGE_TEST_INSTALLED=1 $(TEST_VENV)/bin/pytest -q
+	SERFBRIDGE_TEST_INSTALLED=1 $(TEST_VENV)/bin/pytest -q --ignore=$(BOOT_TESTS)
+
+# The .deb installed with apt-get on a fresh copy of the bookworm root, booted under a real
+# systemd (systemd-nspawn -b, host network); the lab apiserver runs on the host.
+test-boot: install deb nspawn-rootfs kube-apiserver
+	SERFBRIDGE_CACHE=$(CACHE) $(VENV)/bin/pytest -q -p no:cacheprovider $(BOOT_TESTS)
 
 # The to-serf and to-k8s suites against /usr/bin/serfbridge from the .deb (installed on
 # this host with apt-get), on Debian's python3 and python3-* libraries.
