@@ -120,14 +120,8 @@ class Daemon:
     def run(self) -> int:
         self._install_signals()
         s = self.settings
-        health = HealthServer(
-            s.http_addr, self.metrics, ready=self.ready, status=self.status
-        ).start()
-        self.metrics.budget.labels("limit").set(s.tag_limit)
-        if self._kube_factory is not None:
-            self.kube, self.cache = self._kube_factory(s)
-            cache = self.cache  # the gauge is read at scrape time, never stale
-            self.metrics.kube_synced.set_function(lambda: 1.0 if cache.synced else 0.0)
+        # The listeners first: a bad --handler-socket or --http-addr is one line and exit 2,
+        # before the Kubernetes client has started talking (and logging) in the background.
         listener = HandoffServer(
             s.handler_socket,
             self._on_handoff,
@@ -135,6 +129,18 @@ class Daemon:
             open_to_others=bool(s.agent_users),
             on_refused=lambda reason: self.metrics.refused.labels("handler", reason).inc(),
         ).start()
+        try:
+            health = HealthServer(
+                s.http_addr, self.metrics, ready=self.ready, status=self.status
+            ).start()
+        except BaseException:
+            listener.stop()
+            raise
+        self.metrics.budget.labels("limit").set(s.tag_limit)
+        if self._kube_factory is not None:
+            self.kube, self.cache = self._kube_factory(s)
+            cache = self.cache  # the gauge is read at scrape time, never stale
+            self.metrics.kube_synced.set_function(lambda: 1.0 if cache.synced else 0.0)
         self._spawn(self._follow_serf, "serf-follower")
         if self.cache is not None:
             self._spawn(self._follow_kube, "kube-follower")
