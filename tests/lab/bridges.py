@@ -197,6 +197,7 @@ class World:
         self.nodes = [f"{node_prefix}{i + 1}" for i in range(len(specs))]
         self.bridges: dict[str, BridgeProcess] = {}
         self.kube: kube.KubeClient | None = None
+        self._services_before: set[str] = set()
 
     def __enter__(self) -> World:
         try:
@@ -204,6 +205,7 @@ class World:
                 self.apiserver.start()
             self.serf.start()
             self.kube = kube.load_client(str(self.apiserver.kubeconfig), env={})
+            self._services_before = self._service_paths()
             for i, node in enumerate(self.nodes):
                 self.create_node(node, f"10.90.0.{i + 1}")
         except BaseException:
@@ -271,6 +273,14 @@ class World:
             time.sleep(0.1)
         raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{self.logs()}")
 
+    def _service_paths(self) -> set[str]:
+        reply = self.client.request("GET", "/api/v1/services", verb="list", resource="services")
+        return {
+            f"/api/v1/namespaces/{item['metadata']['namespace']}/services/"
+            f"{item['metadata']['name']}"
+            for item in reply.get("items", [])
+        }
+
     def logs(self, lines: int = 30) -> str:
         parts = [f"--- bridge {n} ---\n{b.log_tail(lines)}" for n, b in self.bridges.items()]
         return "\n".join(parts) + "\n" + self.serf.logs(lines)
@@ -286,6 +296,10 @@ class World:
                         self.client.request(
                             "DELETE", f"/api/v1/nodes/{node}", verb="delete", resource="nodes"
                         )
+                # ... nor Services: a later World's bridges (all namespaces) would publish them
+                with contextlib.suppress(Exception):
+                    for path in self._service_paths() - self._services_before:
+                        self.client.request("DELETE", path, verb="delete", resource="services")
             self.kube.close()
         self.serf.close()
         if self._own_apiserver:
