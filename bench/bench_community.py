@@ -260,7 +260,7 @@ def cpu_rows(
 
 def report(out: dict[str, Any], planner: dict[str, list[float]]) -> None:
     print(f"\n{AGENTS} agents, {NODES} Nodes with a daemon each, {SERVICES} NodePort Services: "
-          f"placed within the 12 nodes' 512 B budgets as {_counts(out['loaded'])}, the rest "
+          f"placed within the {NODES} nodes' 512 B budgets as {_counts(out['loaded'])}, the rest "
           f"left out (by priority, then name); daemons ready {out['ready']:.1f} s after "
           f"the lab, placement stable {out['load_s']:.1f} s after that")  # fmt: skip
     lat = [x[0] for x in out["latency"]]
@@ -275,7 +275,7 @@ def report(out: dict[str, Any], planner: dict[str, list[float]]) -> None:
                                  zip(*w, strict=True), strict=True)]],
     )  # fmt: skip
     print_table("daemons' CPU per pass, over the latency phase (own thread's CPU / passes)",
-                ["direction", "passes (12 daemons)", "median ms/pass", "max ms/pass"],
+                ["direction", f"passes ({NODES} daemons)", "median ms/pass", "max ms/pass"],
                 cpu_rows(*out["passes"]))  # fmt: skip
     print_table(
         f"pure planner, {bench_placement.SERVICES} Services x {bench_placement.NODES} Nodes, "
@@ -293,7 +293,7 @@ def report(out: dict[str, Any], planner: dict[str, list[float]]) -> None:
         "then SIGCONT (seconds from the SIGSTOP, then from the SIGCONT)",
         ["step", "s"],
         [["all stopped agents failed on the observer", f"{p['failed']:.1f}"],
-         ["their 3 Nodes labelled failed", f"{p['labelled']:.1f}"],
+         [f"their {len(STOPPED_NODES)} Nodes labelled failed", f"{p['labelled']:.1f}"],
          [f"daemons quiet again for {QUIET:.0f} s (placement then: {p['during']})",
           f"{p['replaced']:.1f}"],
          ["after SIGCONT: all Nodes alive, placement back to the one before", f"{p['heal']:.1f}"]],

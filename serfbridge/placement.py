@@ -132,7 +132,7 @@ def fit_in_order(
     return kept
 
 
-@functools.lru_cache(maxsize=16384)
+@functools.lru_cache(maxsize=4096)
 def ranked(key: str, pool: tuple[str, ...]) -> tuple[str, ...]:
     """``rendezvous.rank`` kept by value: a pass ranks every port over every node (50
     sha256 per port), and only a changed Service or pool changes the answer."""
@@ -171,7 +171,7 @@ class FitMemo:
     lists it changes. At most ``max_steps`` steps are kept (then it starts again empty),
     so memory is bounded whatever the churn. Holds no clock and does no I/O."""
 
-    def __init__(self, max_steps: int = 100_000) -> None:
+    def __init__(self, max_steps: int = 20_000) -> None:
         self.max_steps = max_steps
         self.steps = 0
         self._roots: dict[tuple[object, ...], _Step] = {}

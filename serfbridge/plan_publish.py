@@ -265,7 +265,7 @@ def _entry_maker(
     return entry_for
 
 
-@functools.lru_cache(maxsize=16384)
+@functools.lru_cache(maxsize=8192)
 def _entry_at(template: Entry, host: str, ip: str) -> Entry:
     """``template`` as one node shows it, kept by value: placement tries each port on up
     to six nodes every pass, and equal entries let its fit memo recognise the lists."""
