@@ -8,7 +8,9 @@ the pure ``plan_publish``, as the daemon does on every pass:
   what each pass cost before placement kept its answers by value;
 * first pass after a change: one Service added, changed (its node port) or deleted, the
   memos kept from the pass before, so only what the change touches is computed again;
-* steady: the same inputs once more.
+* steady: the same inputs once more;
+* a new Service with priority 1 (placed before the 300, so it changes the start of every
+  list it joins: the costliest kind of change), then gone again.
 
 Each figure is the median of ``REPS`` changes; the goal is a first pass after a change
 of at most 50 ms on the machine the bench runs on. Speed is reported, never asserted.
@@ -80,12 +82,13 @@ def changed(services: dict[str, ServiceInfo], i: int) -> dict[str, ServiceInfo]:
     return out
 
 
-def measure(reps: int = REPS) -> dict[str, list[float]]:
-    """Seconds per pass: from scratch, first after a change, steady (``reps`` each)."""
-    w = world()
+def measure(reps: int = REPS, nodes: int = NODES) -> dict[str, list[float]]:
+    """Seconds per pass: from scratch, first after a change, steady, first after a
+    priority-1 Service (``reps`` each)."""
+    w = world(nodes)
     run = planner(w)
     services = w["services"]
-    figures: dict[str, list[float]] = {"scratch": [], "first": [], "steady": []}
+    figures: dict[str, list[float]] = {"scratch": [], "first": [], "steady": [], "front": []}
     for i in range(reps):
         forget_memos()
         figures["scratch"].append(timed(run, services))
@@ -93,7 +96,19 @@ def measure(reps: int = REPS) -> dict[str, list[float]]:
         services = changed(services, i)
         figures["first"].append(timed(run, services))
         figures["steady"].append(timed(run, services))
+        figures["front"].append(timed(run, {**services, **first_placed(i)}))
+        run(services)  # and gone again
     return figures
+
+
+def first_placed(i: int) -> dict[str, ServiceInfo]:
+    """A new Service with priority 1: placed before all others, so every list it joins
+    changes from its start (what ``bench_community`` creates)."""
+    meta = {"name": f"lat-{i}", "namespace": "default",
+            "annotations": {"serfbridge.io/priority": "1"}}  # fmt: skip
+    spec = {"type": "NodePort", "ports": [{"port": 80, "nodePort": 31000 + i}]}
+    svc = parse_service({"metadata": meta, "spec": spec})
+    return {f"default/lat-{i}": svc}
 
 
 def rows(figures: dict[str, list[float]]) -> list[list[str]]:
@@ -102,6 +117,7 @@ def rows(figures: dict[str, list[float]]) -> list[list[str]]:
         "scratch": "before: from scratch (every memo dropped)",
         "first": "after: first pass after a change",
         "steady": "after: steady pass (nothing changed)",
+        "front": "after: first pass, a new priority-1 Service",
     }
     out = []
     for key, label in names.items():

@@ -474,5 +474,6 @@ def forget_memos() -> None:
     """Drop every memo a pass keeps, so the next one computes from scratch (benchmarks,
     and the tests that compare the incremental path with a fresh one)."""
     placement.forget()
+    cloudy.forget_encodings()
     _entry_at.cache_clear()
     _made_entry.cache_clear()
