@@ -27,6 +27,7 @@ from __future__ import annotations
 import base64
 import binascii
 import bz2
+import functools
 import json
 import re
 import unicodedata
@@ -161,12 +162,22 @@ def encode_services(entries: Iterable[Entry]) -> str:
 
 
 def _encode_object(entry: Entry) -> str:
-    if entry.raw:
-        return entry.raw
+    return entry.raw or _entry_json(entry)
+
+
+@functools.lru_cache(maxsize=4096)
+def _entry_json(entry: Entry) -> str:
+    """An entry of ours as JSON, kept by value: placement encodes the same entries in many
+    trial lists. Called only for entries without a raw text, so equal means same JSON."""
     for name, value in zip(_FIELD_NAMES, _values(entry), strict=True):
         if "'" in value:
             raise UsageError(f"{name} must not contain \"'\" (readers read it as '\"'): {value!r}")
     return json.dumps(entry.to_wire(), separators=(",", ":"), ensure_ascii=False)
+
+
+def forget_encodings() -> None:
+    """Drop the per-entry JSON memo (benchmarks and tests: a pass from scratch)."""
+    _entry_json.cache_clear()
 
 
 # --- decoding ---------------------------------------------------------------------------

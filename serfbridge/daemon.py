@@ -233,6 +233,15 @@ class Daemon:
         s = self.settings
         if (direction == "to-k8s" and not s.to_k8s) or (direction == "to-serf" and not s.to_serf):
             return
+        cpu = time.thread_time()
+        try:
+            self._pass(direction)
+        finally:
+            self.metrics.passes.labels(direction).inc()
+            self.metrics.pass_cpu.labels(direction).inc(max(0.0, time.thread_time() - cpu))
+
+    def _pass(self, direction: str) -> None:
+        s = self.settings
         try:
             serf_view = bridge.read_serf(self.serf)
             self._self_member = serf_view.self_member

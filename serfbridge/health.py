@@ -59,6 +59,15 @@ class Metrics:
             ["direction"],
             registry=r,
         )
+        self.passes = Counter(
+            "serfbridge_passes_total", "Reconcile passes finished", ["direction"], registry=r
+        )
+        self.pass_cpu = Counter(
+            "serfbridge_pass_cpu_seconds_total",
+            "CPU time the passes took (their thread's own)",
+            ["direction"],
+            registry=r,
+        )
         self.errors = Counter("serfbridge_errors_total", "Errors by kind", ["kind"], registry=r)
         self.budget = Gauge(
             "serfbridge_tag_budget_bytes", "Bytes of the tag budget", ["state"], registry=r
@@ -91,6 +100,8 @@ class Metrics:
         )
         for direction in ("to-serf", "to-k8s"):
             self.writes.labels(direction)
+            self.passes.labels(direction)
+            self.pass_cpu.labels(direction)
         self.budget.labels("limit")
         self.budget.labels("used")
 

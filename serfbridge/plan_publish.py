@@ -19,12 +19,13 @@ Pure: data in, a plan out. No I/O, no logging.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from serfbridge import cloudy, placement, rendezvous
+from serfbridge import cloudy, placement
 from serfbridge.cloudy import Entry, TagChange
 from serfbridge.errors import ConfigError, SerfBridgeError, ServicesDecodeError
 from serfbridge.kubemodels import NodeInfo, ServiceInfo, ServicePort, SliceInfo
@@ -237,7 +238,7 @@ def _template(
         svc.name if len(svc.ports) == 1 else f"{svc.name}_{port.name or port.port}"
     )
     try:
-        return cloudy.make_entry(
+        return _made_entry(
             description=description,
             type=svc.annotations.get(settings.key("type"), "kubernetes"),
             port=published,
@@ -259,9 +260,28 @@ def _entry_maker(
     def entry_for(node: str) -> Entry:
         # Node names and member addresses are safe values: no need to sanitize again.
         ip = template.ip if fixed_ip else pool[node].addr
-        return replace(template, host=f"{node}.{settings.cloud_name}.local", ip=ip)
+        return _entry_at(template, f"{node}.{settings.cloud_name}.local", ip)
 
     return entry_for
+
+
+@functools.lru_cache(maxsize=8192)
+def _entry_at(template: Entry, host: str, ip: str) -> Entry:
+    """``template`` as one node shows it, kept by value: placement tries each port on up
+    to six nodes every pass, and equal entries let its fit memo recognise the lists."""
+    return replace(template, host=host, ip=ip)
+
+
+@functools.lru_cache(maxsize=8192)
+def _made_entry(
+    *, description: str, type: str, port: int, host: str, ip: str, microcloud: str, txt: str
+) -> Entry:
+    """``cloudy.make_entry`` kept by value (it sanitizes every field: the bulk of a pass
+    over many unchanged Services). Invalid input raises, and is not kept."""
+    return cloudy.make_entry(
+        description=description, type=type, port=port, host=host, ip=ip,
+        microcloud=microcloud, txt=txt,
+    )  # fmt: skip
 
 
 def _maybe_report(
@@ -273,7 +293,7 @@ def _maybe_report(
     settings: PublishSettings,
 ) -> None:
     key = f"{settings.cluster}/{svc.namespace}/{svc.name}/{port}"
-    if rendezvous.rank(key, pool)[:1] == [settings.self_node]:
+    if placement.ranked(key, tuple(pool))[:1] == (settings.self_node,):
         left.append(LeftOut(svc.namespace, svc.name, port, reason))
 
 
@@ -345,15 +365,6 @@ def desired_base_tags(
     return tags, tuple(sorted(wanted)), problems
 
 
-def fit_in_order(room: NodeRoom, entries: Sequence[Entry], limit: int) -> list[Entry]:
-    """The entries that fit next to the room's foreign ones, taken in the order given."""
-    kept: list[Entry] = []
-    for entry in entries:
-        if placement.fits(room, [*kept, entry], limit):
-            kept.append(entry)
-    return kept
-
-
 def plan_publish(
     *,
     services: Mapping[str, ServiceInfo],
@@ -388,7 +399,7 @@ def plan_publish(
             for e in current_list
             if cloudy.is_owned_by(e, settings.cluster) and e.key not in planned
         ]
-    kept = fit_in_order(own, ours, settings.tag_limit)
+    kept = placement.fit_in_order(own, ours, settings.tag_limit)
     left += [_shortfall(s, settings.tag_limit) for s in short if s.reporter == settings.self_node]
     final = [*foreign, *kept]
     services_change = _services_tag_change(current_tags, base, final, settings.tag_limit)
@@ -457,3 +468,12 @@ def _combine(current: Mapping[str, str], base: Mapping[str, str], services: TagC
         )
     )
     return TagChange(set_tags=set_tags, delete=delete)
+
+
+def forget_memos() -> None:
+    """Drop every memo a pass keeps, so the next one computes from scratch (benchmarks,
+    and the tests that compare the incremental path with a fresh one)."""
+    placement.forget()
+    cloudy.forget_encodings()
+    _entry_at.cache_clear()
+    _made_entry.cache_clear()
