@@ -37,6 +37,22 @@ def to_k8s_writes(w: World) -> dict[str, float]:
     return result
 
 
+def settled_writes(w: World, quiet: float = 2.0, timeout: float = 30.0) -> dict[str, float]:
+    """``to_k8s_writes`` once no bridge has written for ``quiet`` seconds: after the alive
+    labels, each bridge still records its own member's tags (its ``k8s`` tag lands a pass
+    later), and a count taken in between would blame that write on the next step."""
+    deadline = time.monotonic() + timeout
+    last, since = to_k8s_writes(w), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = to_k8s_writes(w)
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return now
+    raise AssertionError(f"to-k8s writes never settled: {last}\n{w.logs()}")
+
+
 def test_join_tag_change_removal_and_leave(world) -> None:
     w: World = world(3)
     _, k2, k3 = w.nodes
@@ -75,7 +91,7 @@ def test_kill_9_gives_failed_written_by_exactly_one_bridge(world) -> None:
         lambda: all(labels(w, n).get(f"{P}/serf-status") == "alive" for n in w.nodes),
         what="alive labels on every node",
     )
-    before = to_k8s_writes(w)
+    before = settled_writes(w)
     w.agent_for(k3).kill()
     w.wait_for(
         lambda: labels(w, k3).get(f"{P}/serf-status") == "failed", timeout=40, what="failed label"
