@@ -16,9 +16,12 @@ The one brain of the to-k8s direction: the event handler, the daemon and
 * a Node whose member is alive is written by its own bridge (which records its agent's
   member on it); a failed, left or vanished member's Node, and an alive one no bridge of
   its own has recorded (a Node with no bridge), by the alive bridge ranked first by
-  rendezvous hash of the Node's name among the bridges that recorded themselves,
-  and only while this bridge sees more than half of the cluster's Nodes alive (Nodes
-  whose member left gracefully do not count: a goodbye is no sign of a partition).
+  rendezvous hash of the Node's name among the bridges that recorded themselves;
+* the majority's view wins: a bridge that does not see more than half of the cluster's
+  Nodes alive (Nodes whose member left gracefully do not count: a goodbye is no sign of a
+  partition) writes nothing at all, its own Node included. On a mesh partition the
+  isolated node may still reach its API; its own "alive" is not news the rest of the
+  cluster agrees with, and writing it would fight the majority's verdict.
 
 Pure: data in, a plan out. No I/O, no logging, no clock.
 """
@@ -230,20 +233,21 @@ def plan_labels(
     # A member that left said goodbye: it is no sign of a partition, so it does not count.
     present = [n for n, m in matched.items() if m.status != "left"]
     guarded = 2 * len(alive) <= len(present)
-    notes = (
-        [
-            f"partition guard: {len(alive)}/{len(present)} Nodes alive; "
-            "not writing failure labels for others"
-        ]
-        if guarded and matched
-        else []
-    )
+    notes: list[str] = []
     skipped: Counter[str] = Counter()
     if found.unverified:
         skipped[UNVERIFIED] = len(found.unverified)
         shown = ", ".join(repr(n) for n in found.unverified[:3])
         more = f" and {len(found.unverified) - 3} more" if len(found.unverified) > 3 else ""
         notes.append(f"ignored unverifiable k8s claims of members {shown}{more}")
+    if guarded and matched:
+        # In a minority (or a tie): no membership writes at all, not even our own Node.
+        notes.insert(
+            0,
+            f"partition guard: {len(alive)}/{len(present)} Nodes alive; "
+            "this bridge is not in a majority and writes no labels",
+        )
+        return LabelPlan((), dict(skipped), tuple(notes))
     patches = []
     for name in sorted(nodes):
         binding = found.bindings.get(name)
@@ -251,7 +255,7 @@ def plan_labels(
         if member is not None and member.name in unsettled:
             notes.append(f"{name}: member {member.name} failed recently; waiting to be sure")
             continue
-        reason = _why_we_write(name, binding, writers, guarded, settings)
+        reason = _why_we_write(name, binding, writers, settings)
         if reason is None:
             continue
         if binding is None:
@@ -283,7 +287,6 @@ def _why_we_write(
     node: str,
     binding: matching.Binding | None,
     writers: Sequence[str],
-    guarded: bool,
     settings: LabelSettings,
 ) -> str | None:
     """Why this bridge is the one writer for ``node``, or None when it is not."""
@@ -292,7 +295,7 @@ def _why_we_write(
         return "own node"
     if binding is not None and binding.bridged and binding.member.status in _WRITER_STATES:
         return None  # its own bridge is up and writes it
-    if guarded or settings.self_node not in writers:
+    if settings.self_node not in writers:
         return None
     first = rendezvous.rank(node, [n for n in writers if n != node])[:1]
     if first != [settings.self_node]:
