@@ -209,20 +209,21 @@ _K4_FIRST = rendezvous.rank("k4", ["k1", "k2", "k3"])[0]
             {},
             id="split-no-repair-even-of-own-node",
         ),
-        # The heal: the Node's own bridge writes "alive" back, once; nobody else writes.
+        # Lifeguard: behind the cut, k4 may still see its peers alive; the verdict stands.
         pytest.param(
             "k4",
             seen(),
             labelled({"k4": "failed"}),
-            {"k4": "alive"},
-            id="heal-own-bridge-clears-failed",
+            {},
+            id="cut-node-seeing-all-alive-keeps-the-verdict",
         ),
+        # The heal: the majority's first-ranked bridge clears its own verdict, once.
         pytest.param(
             _K4_FIRST,
             seen(),
             labelled({"k4": "failed"}),
-            {},
-            id="heal-majority-leaves-it-to-its-own-bridge",
+            {"k4": "alive"},
+            id="heal-majority-clears-the-verdict",
         ),
         pytest.param("k4", seen(), labelled({}), {}, id="healed-steady-no-writes"),
     ],
@@ -231,6 +232,21 @@ def test_partition_table(
     bridge: str, view: list[Member], api: dict[str, NodeInfo], expected: dict[str, str]
 ) -> None:
     assert writes(bridge, view, api) == expected
+
+
+def test_heal_is_written_by_one_bridge_only() -> None:
+    api = labelled({"k4": "failed"})
+    got = {b: writes(b, seen(), api) for b in QUAD}
+    assert got == {b: ({"k4": "alive"} if b == _K4_FIRST else {}) for b in QUAD}
+
+
+def test_alone_the_own_bridge_clears_its_own_verdict() -> None:
+    # No other bridge recorded itself (a one-bridge cluster): nobody else could clear it.
+    api = {"k1": labelled({"k1": "left"})["k1"]}
+    plan = plan_labels([member("serf-k1", k8s="lab/k1")], api, cfg("k1"))
+    assert [(p.node, p.reason, p.labels) for p in plan.patches] == [
+        ("k1", "own node", {f"{P}/serf-status": "alive"})
+    ]
 
 
 def test_a_member_that_left_is_no_sign_of_a_partition() -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import http.client
 import json
 import os
@@ -221,7 +222,7 @@ class Host:
         self.bridge: subprocess.Popen[bytes] | None = None
         self.agent_log = net.workdir / f"agent-{self.name}.log"
         self.bridge_log = net.workdir / f"bridge-{self.name}.log"
-        self.agent_args: list[str] = []
+        self.settled_patches: dict[str, int] = {}  # tests: Node -> patches logged so far
 
     def exec(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return sh("ip", "netns", "exec", self.ns, *argv, check=check)
@@ -241,12 +242,29 @@ class Host:
 
     # --- serf -------------------------------------------------------------------------
 
-    def start_agent(self, *, member: str | None = None, extra: Sequence[str] = ()) -> None:
-        self.member = member or self.member
+    def start_agent(self) -> None:
+        """A lab agent: LAN profile, retrying to join every other host."""
         peers = [f"-retry-join={h.mesh_ip}:{h.serf_port}" for h in self.net.hosts if h is not self]
         argv = ["serf", "agent", f"-node={self.member}", f"-bind={self.mesh_ip}:{self.serf_port}",
                 f"-rpc-addr={RPC_ADDR}", "-retry-interval=1s", "-log-level=info",
-                f"-config-file={self.net.serf_config}", *peers, *extra]  # fmt: skip
+                f"-config-file={self.net.serf_config}", *peers]  # fmt: skip
+        self._run_agent(argv)
+
+    def start_cloudy_agent(self, join: Host | None) -> None:
+        """As Cloudy's /etc/init.d/serf starts it (reference/cloudy-avahi-ps.md): protocol 4,
+        WAN profile, port 5000, and a member name with ``date +%N`` in it, new at each start.
+        """
+        self.serf_port = 5000
+        host_id = hashlib.md5(f"host-{self.net.tag}-{self.name}".encode()).hexdigest()
+        nanos = time.time_ns() % 1_000_000_000
+        self.member = f"{host_id}-{nanos:09d}-{self.name}-{self.mesh_ip}:5000"
+        argv = ["serf", "agent", "-protocol", "4", f"-node={self.member}",
+                f"-bind={self.mesh_ip}:5000", f"-rpc-addr={RPC_ADDR}", "-profile=wan"]  # fmt: skip
+        if join is not None:
+            argv += ["-join", f"{join.mesh_ip}:5000"]
+        self._run_agent(argv)
+
+    def _run_agent(self, argv: list[str]) -> None:
         self.agent = self._spawn(argv, self.agent_log)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -301,6 +319,12 @@ class Host:
             if line.startswith(name + " "):
                 return float(line.split()[-1])
         return -1.0
+
+    def log_text(self) -> str:
+        try:
+            return self.bridge_log.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
 
     @staticmethod
     def log_tail(path: Path, lines: int = 30) -> str:
@@ -388,11 +412,16 @@ class LabNet:
             self.kube.request("POST", "/api/v1/nodes", verb="create", resource="nodes",
                               body=node_body(h.name, h.mesh_ip))  # fmt: skip
 
-    def start(self, *, bridges: bool = True, bridge_args: Sequence[str] = ()) -> None:
-        """Apiserver, agents (joined), then one daemon per host."""
+    def start(
+        self, *, bridges: bool = True, bridge_args: Sequence[str] = (), cloudy: bool = False
+    ) -> None:
+        """Apiserver, agents (joined; Cloudy's way with ``cloudy``), one daemon per host."""
         self.start_apiserver()
-        for h in self.hosts:
-            h.start_agent()
+        for i, h in enumerate(self.hosts):
+            if cloudy:
+                h.start_cloudy_agent(self.hosts[0] if i else None)
+            else:
+                h.start_agent()
         self.wait_for(self.all_see_all_alive, 60, "every agent sees every member alive")
         if bridges:
             for h in self.hosts:
