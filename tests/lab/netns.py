@@ -15,8 +15,8 @@ socket path. The test process reaches the apiserver through a relay on its own l
 whose upstream socket is made inside the api namespace (setns(2) on a short-lived thread),
 and daemons' HTTP the same way: no address of the lab is ever routed outside it.
 
-Faults: ``loss`` (iptables ``statistic`` drops in the host's namespace; this kernel has no
-netem), ``cut``/``heal`` (the switch side of a link down/up), ``partition`` (iptables drops
+Faults: ``loss`` (iptables ``statistic`` drops on arrival in the host's namespace; this
+kernel has no netem), ``cut``/``heal`` (the switch side of a link down/up), ``partition`` (iptables drops
 between groups). ``close`` kills every process started here and deletes the namespaces,
 which removes the veths and bridges with them.
 """
@@ -396,10 +396,8 @@ class LabNet:
             self._add_ns(h.ns)
             self._plug(h.ns, "mesh", _port(h, "mesh"), "mesh", f"{h.mesh_ip}/24")
             self._plug(h.ns, "mgmt", _port(h, "mgmt"), "mgmt", f"{h.mgmt_ip}/24")
-            for chain in ("LABIN", "LABOUT"):
-                h.exec("iptables", "-N", chain)
+            h.exec("iptables", "-N", "LABIN")
             h.exec("iptables", "-A", "INPUT", "-j", "LABIN")
-            h.exec("iptables", "-A", "OUTPUT", "-j", "LABOUT")
 
     def start_apiserver(self) -> None:
         from serfbridge import kube
@@ -431,19 +429,23 @@ class LabNet:
 
     # --- faults -----------------------------------------------------------------------
 
-    def loss(self, share: float, hosts: Sequence[Host] | None = None) -> None:
-        """Drop ``share`` of the packets each way on each host's mesh link."""
-        p = f"{share:.4f}"
-        for h in hosts or self.hosts:
+    def loss(self, share: float) -> None:
+        """Lose ``share`` of the packets each way on every host's mesh link.
+
+        Drops happen on arrival only: a DROP in OUTPUT hands the sender EPERM, and
+        memberlist treats a failed send as its own error, not as a lost probe. A packet
+        from A to B crosses A's link and B's, so B drops ``1 - (1 - share)²`` of what
+        arrives: the same loss as ``share`` on each of the two links, independently.
+        """
+        p = f"{1 - (1 - share) ** 2:.4f}"
+        for h in self.hosts:
             stat = ["-m", "statistic", "--mode", "random", "--probability", p, "-j", "DROP"]
             h.exec("iptables", "-A", "LABIN", "-i", "mesh", *stat)
-            h.exec("iptables", "-A", "LABOUT", "-o", "mesh", *stat)
 
     def clear_faults(self) -> None:
         """Remove every iptables fault (loss, partition); cut links stay cut."""
         for h in self.hosts:
-            for chain in ("LABIN", "LABOUT"):
-                h.exec("iptables", "-F", chain)
+            h.exec("iptables", "-F", "LABIN")
 
     def cut(self, host: Host, link: str = "mesh") -> None:
         sh("ip", "-n", self.switch, "link", "set", _port(host, link), "down")
@@ -457,8 +459,8 @@ class LabNet:
             for h in group:
                 for other in self.hosts:
                     if other not in group:
+                        # On arrival only (see loss); both sides drop, so neither way passes.
                         h.exec("iptables", "-A", "LABIN", "-s", other.mesh_ip, "-j", "DROP")
-                        h.exec("iptables", "-A", "LABOUT", "-d", other.mesh_ip, "-j", "DROP")
 
     # --- looking ----------------------------------------------------------------------
 
