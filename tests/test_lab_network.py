@@ -243,3 +243,5 @@ def test_cloudy_style_restart_keeps_the_node_alive(lab) -> None:
         time.sleep(0.5)
     observe(net, 10, alive)  # past --failure-hold and a few passes
     assert recorded()
+    for h in net.hosts:  # the old name's failure never became a write for the Node
+        assert f"labelled node {host.name} (member failed" not in h.log_text()

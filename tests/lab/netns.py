@@ -16,9 +16,9 @@ whose upstream socket is made inside the api namespace (setns(2) on a short-live
 and daemons' HTTP the same way: no address of the lab is ever routed outside it.
 
 Faults: ``loss`` (iptables ``statistic`` drops on arrival in the host's namespace; this
-kernel has no netem), ``cut``/``heal`` (the switch side of a link down/up), ``partition`` (iptables drops
-between groups). ``close`` kills every process started here and deletes the namespaces,
-which removes the veths and bridges with them.
+kernel has no netem), ``cut``/``heal`` (the switch side of a link down/up), ``partition``
+(iptables drops between groups). ``close`` kills every process started here and deletes
+the namespaces, which removes the veths and bridges with them.
 """
 
 from __future__ import annotations
