@@ -223,6 +223,7 @@ class Host:
         self.agent_log = net.workdir / f"agent-{self.name}.log"
         self.bridge_log = net.workdir / f"bridge-{self.name}.log"
         self.settled_patches: dict[str, int] = {}  # tests: Node -> patches logged so far
+        self.settled_offset = 0  # tests: how much of the bridge log predates the settle
 
     def exec(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return sh("ip", "netns", "exec", self.ns, *argv, check=check)
