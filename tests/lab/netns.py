@@ -13,7 +13,7 @@ Loopback is per namespace, so every host's agent keeps its RPC at 127.0.0.1:7373
 daemon its default health port; Unix sockets are not, so each daemon gets its own handler
 socket path. The test process reaches the apiserver through a relay on its own loopback
 whose upstream socket is made inside the api namespace (setns(2) on a short-lived thread),
-and daemons' HTTP the same way: no address of the lab is ever routed outside it.
+and daemons' HTTP the same way (``tests.lab.netns_io``): no lab address leaves the lab.
 
 Faults: ``loss`` (iptables ``statistic`` drops on arrival in the host's namespace; this
 kernel has no netem), ``cut``/``heal`` (the switch side of a link down/up), ``partition``
@@ -24,17 +24,13 @@ the namespaces, which removes the veths and bridges with them.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
-import http.client
 import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -43,118 +39,13 @@ from typing import Any
 from tests.lab import commands
 from tests.lab.apiserver import LabApiServer, LabError
 from tests.lab.bridges import CLUSTER, TUNING, node_body
+from tests.lab.netns_io import Relay, ns_http_get, sh
 
 MESH_NET, MGMT_NET = "10.99.0", "10.99.1"
 API_IP = f"{MGMT_NET}.254"
 RPC_ADDR = "127.0.0.1:7373"
 HTTP_PORT = 9473
-_CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
 _counter = iter(range(1000))
-
-
-def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=30)
-    if check and done.returncode != 0:
-        raise LabError(f"{' '.join(argv)}: {done.stderr.strip()}")
-    return done
-
-
-def ns_socket(ns: str) -> socket.socket:
-    """A TCP socket that lives in namespace ``ns`` (made on a thread that entered it)."""
-    made: list[socket.socket | BaseException] = []
-
-    def enter() -> None:
-        try:
-            fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-            try:
-                if _libc.setns(fd, _CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), f"setns into {ns} failed")
-            finally:
-                os.close(fd)
-            made.append(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-        except BaseException as exc:  # handed to the caller's thread
-            made.append(exc)
-
-    thread = threading.Thread(target=enter, daemon=True)
-    thread.start()
-    thread.join()
-    if isinstance(made[0], BaseException):
-        raise made[0]
-    return made[0]
-
-
-def ns_connect(ns: str, host: str, port: int, timeout: float = 5.0) -> socket.socket:
-    sock = ns_socket(ns)
-    sock.settimeout(timeout)
-    try:
-        sock.connect((host, port))
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-def ns_http_get(ns: str, port: int, path: str, timeout: float = 3.0) -> tuple[int, str]:
-    """GET http://127.0.0.1:port/path inside ``ns``; (0, error) when it cannot connect."""
-    try:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-        conn.sock = ns_connect(ns, "127.0.0.1", port, timeout)
-        conn.request("GET", path)
-        reply = conn.getresponse()
-        body = reply.read().decode(errors="replace")
-        conn.close()
-        return reply.status, body
-    except OSError as exc:
-        return 0, str(exc)
-
-
-class Relay:
-    """127.0.0.1:<free> in the test's namespace -> 127.0.0.1:``port`` inside ``ns``."""
-
-    def __init__(self, ns: str, port: int) -> None:
-        self.ns, self.port = ns, port
-        self._listener = socket.socket()
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(16)
-        self.local_port: int = self._listener.getsockname()[1]
-        self._open: list[socket.socket] = []
-        self._closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            try:
-                upstream = ns_connect(self.ns, "127.0.0.1", self.port)
-            except OSError:
-                client.close()
-                continue
-            upstream.settimeout(None)
-            self._open += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        with contextlib.suppress(OSError):
-            dst.shutdown(socket.SHUT_WR)
-
-    def close(self) -> None:
-        self._closed = True
-        self._listener.close()
-        for sock in self._open:
-            with contextlib.suppress(OSError):
-                sock.close()
 
 
 class NetApiServer(LabApiServer):
