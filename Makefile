@@ -17,6 +17,8 @@ DEBS    += debhelper dh-python pybuild-plugin-pyproject python3-all python3-setu
            python3-wheel python3-venv lintian git
 # `make test-boot`: the .deb in a debootstrapped Debian 12 booted by systemd-nspawn.
 DEBS    += debootstrap systemd-container
+# tests/test_lab_network.py: hosts in network namespaces, link faults with iptables.
+DEBS    += iproute2 iptables
 BOOT_TESTS ?= tests/test_systemd_boot.py
 
 .PHONY: install dev deps kube-apiserver lint fmt test test-wheel test-unit test-docker bench demo docs clean deb test-deb

@@ -16,9 +16,15 @@ The one brain of the to-k8s direction: the event handler, the daemon and
 * a Node whose member is alive is written by its own bridge (which records its agent's
   member on it); a failed, left or vanished member's Node, and an alive one no bridge of
   its own has recorded (a Node with no bridge), by the alive bridge ranked first by
-  rendezvous hash of the Node's name among the bridges that recorded themselves,
-  and only while this bridge sees more than half of the cluster's Nodes alive (Nodes
-  whose member left gracefully do not count: a goodbye is no sign of a partition).
+  rendezvous hash of the Node's name among the bridges that recorded themselves;
+* a ``failed`` or ``left`` label is the majority's verdict and only the majority clears it:
+  once the member is alive again, the first-ranked bridge (not the Node's own) writes it
+  back, unless no other bridge is there to do it;
+* the majority's view wins: a bridge that does not see more than half of the cluster's
+  Nodes alive (Nodes whose member left gracefully do not count: a goodbye is no sign of a
+  partition) writes nothing at all, its own Node included. On a mesh partition the
+  isolated node may still reach its API; its own "alive" is not news the rest of the
+  cluster agrees with, and writing it would fight the majority's verdict.
 
 Pure: data in, a plan out. No I/O, no logging, no clock.
 """
@@ -43,6 +49,7 @@ _LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
 _LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _WRITER_STATES = ("alive", "leaving")  # the Node's own bridge is up and writes for itself
+_VERDICTS = ("failed", "left")  # labels only other bridges write: the majority's verdict
 
 
 def is_label_name(name: str) -> bool:
@@ -230,20 +237,21 @@ def plan_labels(
     # A member that left said goodbye: it is no sign of a partition, so it does not count.
     present = [n for n, m in matched.items() if m.status != "left"]
     guarded = 2 * len(alive) <= len(present)
-    notes = (
-        [
-            f"partition guard: {len(alive)}/{len(present)} Nodes alive; "
-            "not writing failure labels for others"
-        ]
-        if guarded and matched
-        else []
-    )
+    notes: list[str] = []
     skipped: Counter[str] = Counter()
     if found.unverified:
         skipped[UNVERIFIED] = len(found.unverified)
         shown = ", ".join(repr(n) for n in found.unverified[:3])
         more = f" and {len(found.unverified) - 3} more" if len(found.unverified) > 3 else ""
         notes.append(f"ignored unverifiable k8s claims of members {shown}{more}")
+    if guarded and matched:
+        # In a minority (or a tie): no membership writes at all, not even our own Node.
+        notes.insert(
+            0,
+            f"partition guard: {len(alive)}/{len(present)} Nodes alive; "
+            "this bridge is not in a majority and writes no labels",
+        )
+        return LabelPlan((), dict(skipped), tuple(notes))
     patches = []
     for name in sorted(nodes):
         binding = found.bindings.get(name)
@@ -251,7 +259,9 @@ def plan_labels(
         if member is not None and member.name in unsettled:
             notes.append(f"{name}: member {member.name} failed recently; waiting to be sure")
             continue
-        reason = _why_we_write(name, binding, writers, guarded, settings)
+        current = nodes[name].labels.get(settings.key("serf-status"))
+        verdict = current if current in _VERDICTS else None
+        reason = _why_we_write(name, binding, writers, settings, verdict)
         if reason is None:
             continue
         if binding is None:
@@ -283,23 +293,33 @@ def _why_we_write(
     node: str,
     binding: matching.Binding | None,
     writers: Sequence[str],
-    guarded: bool,
     settings: LabelSettings,
+    verdict: str | None,
 ) -> str | None:
-    """Why this bridge is the one writer for ``node``, or None when it is not."""
+    """Why this bridge is the one writer for ``node``, or None when it is not.
+
+    ``verdict`` is the ``failed``/``left`` label other bridges put on the Node, if any. Only
+    the majority writes one, so only the majority clears it: the Node's own bridge may
+    still see itself alive behind a cut link (Serf's Lifeguard makes an isolated agent
+    slow to declare its peers failed, so it can believe it is in the majority for a while).
+    """
     member = binding.member if binding is not None else None
-    if node == settings.self_node and member is not None and member.status in _WRITER_STATES:
+    up = member is not None and member.status in _WRITER_STATES
+    others = [n for n in writers if n != node]
+    if node == settings.self_node and up and not (verdict and others):
         return "own node"
-    if binding is not None and binding.bridged and binding.member.status in _WRITER_STATES:
+    if binding is not None and binding.bridged and up and not verdict:
         return None  # its own bridge is up and writes it
-    if guarded or settings.self_node not in writers:
+    if settings.self_node not in writers:
         return None
-    first = rendezvous.rank(node, [n for n in writers if n != node])[:1]
+    first = rendezvous.rank(node, others)[:1]
     if first != [settings.self_node]:
         return None
     if member is None:
         state = "gone from the gossip"
-    elif member.status in _WRITER_STATES:
+    elif up and verdict and binding is not None and binding.bridged:
+        state = f"{member.status} again after {verdict}"
+    elif up:
         state = f"{member.status} with no bridge of its own"
     else:
         state = member.status

@@ -122,11 +122,139 @@ def test_failed_node_is_written_by_exactly_one_bridge() -> None:
     assert "ranks first" in patch.reason
 
 
-def test_partition_guard_blocks_failure_labels_but_not_own_labels() -> None:
+def test_partition_guard_blocks_every_label_in_a_minority_own_node_included() -> None:
+    # Issue 14: the isolated node still reaches its API, but its own "alive" must not
+    # fight the majority's verdict. (Before, k1 wrote its own Node here.)
     members = cluster_members(k2="failed", k3="failed")
     plan = plan_labels(members, NODES, cfg("k1"))
-    assert [p.node for p in plan.patches] == ["k1"]
-    assert plan.notes and "partition guard" in plan.notes[0]
+    assert plan.patches == ()
+    assert plan.notes and "partition guard: 1/3 Nodes alive" in plan.notes[0]
+
+
+QUAD = {n: recorded(n) for n in ("k1", "k2", "k3", "k4")}
+
+
+def labelled(status: dict[str, str]) -> dict[str, NodeInfo]:
+    """QUAD with each Node's serf-status label as the API holds it."""
+    return {
+        n: NodeInfo(
+            name=n,
+            uid=n,
+            labels={f"{P}/serf-status": status.get(n, "alive")},
+            annotations={
+                **info.annotations,
+                f"{P}/serf-addr": "127.0.0.1:7946",
+                f"{P}/serf-tags": json.dumps({"k8s": f"lab/{n}"}, separators=(",", ":")),
+                f"{P}/owned-labels": f"{P}/serf-status",
+            },
+            addresses=info.addresses,
+            ready=True,
+        )
+        for n, info in QUAD.items()
+    }
+
+
+def seen(**status: str) -> list[Member]:
+    return [member(f"serf-{n}", status.get(n, "alive"), k8s=f"lab/{n}") for n in QUAD]
+
+
+def writes(bridge: str, view: list[Member], api: dict[str, NodeInfo]) -> dict[str, str | None]:
+    """Node -> the serf-status this bridge writes (None: other keys only)."""
+    plan = plan_labels(view, api, cfg(bridge))
+    return {p.node: p.labels.get(f"{P}/serf-status") for p in plan.patches}
+
+
+_K4_FIRST = rendezvous.rank("k4", ["k1", "k2", "k3"])[0]
+
+
+@pytest.mark.parametrize(
+    ("bridge", "view", "api", "expected"),
+    [
+        # k4's mesh link is cut, its API link up: the three see k4 failed, k4 sees 1/4.
+        pytest.param(
+            "k4",
+            seen(k1="failed", k2="failed", k3="failed"),
+            labelled({}),
+            {},
+            id="cut-node-alone-writes-nothing",
+        ),
+        pytest.param(
+            "k4",
+            seen(k1="failed", k2="failed", k3="failed"),
+            labelled({"k4": "failed"}),
+            {},
+            id="cut-node-does-not-undo-the-verdict",
+        ),
+        pytest.param(
+            _K4_FIRST,
+            seen(k4="failed"),
+            labelled({}),
+            {"k4": "failed"},
+            id="majority-first-ranked-labels-it",
+        ),
+        pytest.param(
+            _K4_FIRST,
+            seen(k4="failed"),
+            labelled({"k4": "failed"}),
+            {},
+            id="majority-verdict-written-once",
+        ),
+        # A two-against-two split: 2/4 is no majority, nobody writes anything.
+        pytest.param("k1", seen(k3="failed", k4="failed"), labelled({}), {}, id="split-side-a"),
+        pytest.param("k3", seen(k1="failed", k2="failed"), labelled({}), {}, id="split-side-b"),
+        pytest.param(
+            "k1",
+            seen(k3="failed", k4="failed"),
+            labelled({"k1": "failed"}),
+            {},
+            id="split-no-repair-even-of-own-node",
+        ),
+        # Lifeguard: behind the cut, k4 may still see its peers alive; the verdict stands.
+        pytest.param(
+            "k4",
+            seen(),
+            labelled({"k4": "failed"}),
+            {},
+            id="cut-node-seeing-all-alive-keeps-the-verdict",
+        ),
+        # The heal: the majority's first-ranked bridge clears its own verdict, once.
+        pytest.param(
+            _K4_FIRST,
+            seen(),
+            labelled({"k4": "failed"}),
+            {"k4": "alive"},
+            id="heal-majority-clears-the-verdict",
+        ),
+        pytest.param("k4", seen(), labelled({}), {}, id="healed-steady-no-writes"),
+    ],
+)
+def test_partition_table(
+    bridge: str, view: list[Member], api: dict[str, NodeInfo], expected: dict[str, str]
+) -> None:
+    assert writes(bridge, view, api) == expected
+
+
+def test_heal_is_written_by_one_bridge_only() -> None:
+    api = labelled({"k4": "failed"})
+    got = {b: writes(b, seen(), api) for b in QUAD}
+    assert got == {b: ({"k4": "alive"} if b == _K4_FIRST else {}) for b in QUAD}
+
+
+def test_alone_the_own_bridge_clears_its_own_verdict() -> None:
+    # No other bridge recorded itself (a one-bridge cluster): nobody else could clear it.
+    api = {"k1": labelled({"k1": "left"})["k1"]}
+    plan = plan_labels([member("serf-k1", k8s="lab/k1")], api, cfg("k1"))
+    assert [(p.node, p.reason, p.labels) for p in plan.patches] == [
+        ("k1", "own node", {f"{P}/serf-status": "alive"})
+    ]
+
+
+def test_a_member_that_left_is_no_sign_of_a_partition() -> None:
+    # 2 alive of 3 present (k4 said goodbye): still a majority, the failure is labelled.
+    first = rendezvous.rank("k3", ["k1", "k2"])[0]
+    plan = plan_labels(seen(k3="failed", k4="left"), labelled({}), cfg(first))
+    assert not any("partition guard" in n for n in plan.notes)
+    assert {p.node: p.labels.get(f"{P}/serf-status") for p in plan.patches}["k3"] == "failed"
 
 
 def test_labels_set_by_others_are_never_touched_and_only_owned_keys_removed() -> None:

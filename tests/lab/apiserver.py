@@ -147,6 +147,8 @@ class LabApiServer:
         self.port = free_port()
         self._etcd: _Process | None = None
         self._apiserver: _Process | None = None
+        #: Put before each child's argv (``ip netns exec NS`` for ``tests.lab.netns``).
+        self.argv_prefix: tuple[str, ...] = ()
 
     # --- addresses and credentials ---------------------------------------------------
 
@@ -210,7 +212,8 @@ class LabApiServer:
         if self._apiserver is not None and self._apiserver.alive():
             return
         log = self.dir / "kube-apiserver.log"
-        self._apiserver = _Process("kube-apiserver", self._apiserver_argv(), log)
+        argv = [*self.argv_prefix, *self._apiserver_argv()]
+        self._apiserver = _Process("kube-apiserver", argv, log)
         self._wait(self._apiserver, self._apiserver_ready, timeout)
 
     def stop_apiserver(self) -> None:
@@ -285,7 +288,7 @@ class LabApiServer:
             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
             "--initial-cluster", f"lab={peer}", "--unsafe-no-fsync",
         ]  # fmt: skip
-        self._etcd = _Process("etcd", argv, self.dir / "etcd.log")
+        self._etcd = _Process("etcd", [*self.argv_prefix, *argv], self.dir / "etcd.log")
         self._wait(self._etcd, self._etcd_ready, timeout)
 
     def _apiserver_argv(self) -> list[str]:
