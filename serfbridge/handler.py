@@ -12,6 +12,7 @@ otherwise one to-k8s pass runs here, with the same planner and applier as the da
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Mapping
@@ -80,6 +81,9 @@ def hand_over(path: str, event: SerfEvent, *, timeout: float = 1.0) -> bool:
 
 
 DEFAULT_SOCKET = "/run/serfbridge/handler.sock"
+#: What is read of serf's member lines on stdin (about 40 000 members): they are only a
+#: trigger, the pass re-reads ``members``.
+MAX_STDIN = 4 * 1024 * 1024
 
 
 def socket_path(env: Mapping[str, str]) -> str:
@@ -92,8 +96,15 @@ def socket_path(env: Mapping[str, str]) -> str:
 def _file_values(env: Mapping[str, str]) -> dict[str, str]:
     from serfbridge import config  # only when needed: it costs most of this command's start
 
+    return _read_file_values(env.get("SERFBRIDGE_CONFIG", config.DEFAULT_CONFIG))
+
+
+@functools.cache  # the socket path and the credentials check both ask: read the file once
+def _read_file_values(path: str) -> dict[str, str]:
+    from serfbridge import config
+
     try:
-        return config.read_config_file(env.get("SERFBRIDGE_CONFIG", config.DEFAULT_CONFIG))
+        return config.read_config_file(path)
     except Exception:  # a broken file is reported by the standalone path, with its details
         return {}
 
@@ -136,7 +147,7 @@ def main() -> None:
         print(f"serfbridge-handle, version {__version__}")
         return
     env = os.environ
-    stdin = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
+    stdin = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read(MAX_STDIN)
     event = parse_event(env, stdin)
     path = socket_path(env)
     if not event.is_member_event or hand_over(path, event):

@@ -12,23 +12,15 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 import time
 
-# C0 and C1 controls, DEL, line/paragraph separators (str.splitlines breaks on them),
-# and the bidi embedding, override and isolate controls.
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
-
-
-def _escape_one(match: re.Match[str]) -> str:
-    code = ord(match.group())
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+from serfbridge import printable
 
 
 def escape(text: str) -> str:
     """``text`` with every unsafe character spelled out (a tab too: it is one line)."""
-    return _UNSAFE.sub(_escape_one, text)
+    return printable.escape_controls(text, by_name=False)
 
 
 class TextFormatter(logging.Formatter):

@@ -32,20 +32,23 @@ def valid_text(text: str) -> str:
     return _SURROGATES.sub("\ufffd", text)
 
 
-def escape_controls(text: str) -> str:
-    """``text`` for one terminal cell: unsafe characters become visible escapes.
+def escape_controls(text: str, *, by_name: bool = True) -> str:
+    """``text`` for one terminal cell (or one log line): unsafe characters become visible
+    escapes.
 
-    ``\\n``, ``\\r``, ``\\t`` by name; an undecodable byte as ``\\xNN`` (the byte it was);
-    other controls as ``\\xNN`` or ``\\uNNNN``. Everything else is unchanged.
+    ``\\n``, ``\\r``, ``\\t`` by name (``\\x0a`` ... with ``by_name=False``, as logs spell
+    them); an undecodable byte as ``\\xNN`` (the byte it was); other controls as ``\\xNN``
+    or ``\\uNNNN``. Everything else is unchanged.
     """
-    return _UNSAFE.sub(_escape_one, text)
+    return _UNSAFE.sub(_escape_named if by_name else _escape_one, text)
+
+
+def _escape_named(match: re.Match[str]) -> str:
+    return _NAMED.get(match.group()) or _escape_one(match)
 
 
 def _escape_one(match: re.Match[str]) -> str:
-    char = match.group()
-    code = ord(char)
-    if char in _NAMED:
-        return _NAMED[char]
+    code = ord(match.group())
     if 0xDC80 <= code <= 0xDCFF:  # surrogateescape: the original byte
         return f"\\x{code - 0xDC00:02x}"
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"

@@ -276,10 +276,6 @@ def _print_publish_plan(plan: Any, dry_run: bool, writes: int, s: config.Setting
     )
 
 
-#: What ``handle`` reads of serf's member lines (about 40 000 members).
-MAX_HANDLER_STDIN = 4 * 1024 * 1024
-
-
 @cli.command()
 @bridge_options
 @click.option(
@@ -303,7 +299,7 @@ def handle(ctx: click.Context, /, **_: object) -> None:
 
     # Bounded: the member lines are only a trigger (the pass re-reads `members`).
     tty = sys.stdin is None or sys.stdin.isatty()
-    stdin = b"" if tty else sys.stdin.buffer.read(MAX_HANDLER_STDIN)
+    stdin = b"" if tty else sys.stdin.buffer.read(handler.MAX_STDIN)
     event = handler.parse_event(os.environ, stdin)
     s = _settings(ctx)
     if not event.is_member_event:
