@@ -10,7 +10,7 @@ import click
 from serfbridge.cli.base import _client, check_seconds, cli, parse_pairs
 from serfbridge.errors import UsageError
 from serfbridge.printable import escape_controls, valid_text
-from serfbridge.rpc.client import check_regex
+from serfbridge.re2syntax import check_go_regex
 from serfbridge.rpc.models import (
     LogLine,
     Member,
@@ -71,9 +71,9 @@ def members(
     """
     tags = parse_pairs(tag_filters, "--tag")
     for key, pattern in tags.items():
-        check_regex(pattern, f"--tag {key}")
-    check_regex(status, "--status")
-    check_regex(name, "--name")
+        check_go_regex(pattern, f"--tag {key}", anchored=True)
+    check_go_regex(status, "--status", anchored=True)
+    check_go_regex(name, "--name", anchored=True)
     with _client(ctx) as client:
         if tags or status or name:
             found = client.members_filtered(tags=tags, status=status, name=name)
@@ -168,7 +168,7 @@ def query(
     """Send a query and print acks and responses. Env: SERF_RPC_ADDR, SERF_RPC_AUTH."""
     filters = parse_pairs(tag_filters, "--tag")
     for key, pattern in filters.items():
-        check_regex(pattern, f"--tag {key}", anchored=False)  # nodes match it unanchored
+        check_go_regex(pattern, f"--tag {key}", anchored=False)  # nodes match it unanchored
     check_seconds(timeout, "--timeout", maximum=MAX_QUERY_TIMEOUT)
     with _client(ctx) as client:
         for record in client.query(

@@ -158,11 +158,6 @@ def _dial(
     return retrying(_Wire, addr, auth_key, timeout, trusted)
 
 
-def check_regex(pattern: str, what: str, *, anchored: bool = True) -> str:
-    """Refuse a regex locally: one the agent's Go regexp refuses drops the connection."""
-    return check_go_regex(pattern, what, anchored=anchored)
-
-
 class SerfClient:
     """A client for one Serf agent's RPC port. Thread-safe; close it when done."""
 
@@ -281,9 +276,9 @@ class SerfClient:
     ) -> tuple[Member, ...]:
         """Members whose tags/status/name match the (anchored) regexes, as the agent filters."""
         for key, pattern in (tags or {}).items():
-            check_regex(pattern, f"tag filter {key}")
-        check_regex(status, "status filter")
-        check_regex(name, "name filter")
+            check_go_regex(pattern, f"tag filter {key}", anchored=True)
+        check_go_regex(status, "status filter", anchored=True)
+        check_go_regex(name, "name filter", anchored=True)
         body = self._request(
             "members-filtered", {"Tags": dict(tags or {}), "Status": status, "Name": name}
         ).body
@@ -658,4 +653,4 @@ class _StreamHub:
             stream.put(Reconnected())
 
 
-__all__ = ["DEFAULT_ADDR", "ProtocolError", "SerfClient", "Stream", "check_regex", "split_addr"]
+__all__ = ["DEFAULT_ADDR", "ProtocolError", "SerfClient", "Stream", "split_addr"]
