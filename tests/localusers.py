@@ -10,12 +10,14 @@ Paths the user must reach live in ``shared_dir``, a world-traversable directory
 from __future__ import annotations
 
 import atexit
+import errno
 import os
 import pwd
+import resource
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -85,3 +87,30 @@ def shared_dir() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@contextmanager
+def descriptors_exhausted(limit: int = 256) -> Iterator[Callable[[int], None]]:
+    """This process out of file descriptors (as a local user's flood leaves a daemon):
+    the soft limit lowered to ``limit`` and every free descriptor taken. Yields
+    ``release(n)``, which gives ``n`` back; all are restored on exit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    hog: list[int] = []
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+        try:
+            while True:
+                hog.append(os.open("/dev/null", os.O_RDONLY))
+        except OSError as exc:
+            assert exc.errno == errno.EMFILE
+
+        def release(n: int) -> None:
+            for fd in hog[:n]:
+                os.close(fd)
+            del hog[:n]
+
+        yield release
+    finally:
+        for fd in hog:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -312,32 +312,20 @@ def test_a_stale_socket_file_is_replaced_and_removed_at_stop(tmp_path: Path) -> 
 
 
 def test_the_accept_loop_survives_running_out_of_descriptors(tmp_path) -> None:
-    import resource
-
     s = Served(str(tmp_path / "h.sock"))
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    hog: list[int] = []
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as waiting:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
-            try:
-                while True:
-                    hog.append(os.open("/dev/null", os.O_RDONLY))
-            except OSError as exc:
-                assert exc.errno == errno.EMFILE
+        with (
+            socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as waiting,
+            localusers.descriptors_exhausted() as release,
+        ):
             waiting.connect(s.path)  # queued: the server cannot accept it now
             waiting.sendall(encode_request("member-join", ["n2"]))
             time.sleep(0.5)
             assert "exhausted" in s.refused
-            for fd in hog[:20]:
-                os.close(fd)
-            del hog[:20]
+            release(20)
             waiting.settimeout(2)
             assert waiting.recv(16) == b"ok\n"  # accepted as soon as descriptors came back
         assert s.server._thread.is_alive()
     finally:
-        for fd in hog:
-            os.close(fd)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         s.server.stop()
     assert threading.active_count() < 50

@@ -4,9 +4,6 @@ in test_hostile_locals)."""
 
 from __future__ import annotations
 
-import errno
-import os
-import resource
 import socket
 import time
 import urllib.request
@@ -17,6 +14,7 @@ import pytest
 from serfbridge import health
 from serfbridge.health import HealthServer, Metrics
 from tests.lab.serfagents import free_port
+from tests.localusers import descriptors_exhausted
 
 
 @pytest.fixture
@@ -71,29 +69,17 @@ def test_past_the_cap_the_oldest_connection_goes_and_a_probe_gets_through(server
 
 
 def test_the_accept_loop_survives_running_out_of_descriptors(server) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    hog: list[int] = []
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as waiting:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
-            try:
-                while True:
-                    hog.append(os.open("/dev/null", os.O_RDONLY))
-            except OSError as exc:
-                assert exc.errno == errno.EMFILE
-            waiting.connect(("127.0.0.1", server.port))  # queued: no descriptor to accept it
-            waiting.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
-            time.sleep(0.5)
-            assert refusals(server, "exhausted") >= 1
-            for fd in hog[:20]:
-                os.close(fd)
-            del hog[:20]
-            waiting.settimeout(3)
-            assert waiting.recv(100).startswith(b"HTTP/1.0 200")
-    finally:
-        for fd in hog:
-            os.close(fd)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM) as waiting,
+        descriptors_exhausted() as release,
+    ):
+        waiting.connect(("127.0.0.1", server.port))  # queued: no descriptor to accept it
+        waiting.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+        time.sleep(0.5)
+        assert refusals(server, "exhausted") >= 1
+        release(20)
+        waiting.settimeout(3)
+        assert waiting.recv(100).startswith(b"HTTP/1.0 200")
     assert get(server)[0] == 200
 
 
