@@ -448,10 +448,22 @@ class Stream(Iterator[StreamItem]):
         return item  # type: ignore[return-value]
 
     def put(self, item: object) -> None:
-        try:
-            self._queue.put_nowait(item)
-        except queue.Full:
-            self.dropped += 1
+        """Buffer an item; a full buffer drops records, but never the end or an error.
+
+        The end marker and an exception are what unblock the reader, so when the buffer
+        is full they push out the oldest record instead (counted in ``dropped``).
+        """
+        final = item is _END or isinstance(item, BaseException)
+        while True:
+            try:
+                self._queue.put_nowait(item)
+                return
+            except queue.Full:
+                self.dropped += 1
+                if not final:
+                    return
+            with contextlib.suppress(queue.Empty):
+                self._queue.get_nowait()
 
     def respond(self, query_id: int, payload: bytes) -> None:
         """Answer a query this stream saw (same connection, before its deadline)."""
