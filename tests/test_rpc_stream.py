@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 
-from serfbridge.rpc import client
 from serfbridge.rpc.client import STREAM_BUFFER, Stream
 
 
@@ -76,6 +75,6 @@ def test_end_on_a_buffer_with_room_keeps_every_record() -> None:
     stream, _ = _stream()
     for i in range(3):
         stream.put({"n": i})
-    stream.put(client._END)
+    stream.stop()
     assert list(stream) == [{"n": 0}, {"n": 1}, {"n": 2}]
     assert stream.dropped == 0

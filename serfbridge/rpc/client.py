@@ -459,11 +459,14 @@ class Stream(Iterator[StreamItem]):
                 self._queue.put_nowait(item)
                 return
             except queue.Full:
-                self.dropped += 1
                 if not final:
+                    self.dropped += 1
                     return
+            # Count an eviction only if it took a record: the reader may have emptied the
+            # buffer in the meantime, and then the retry simply fits.
             with contextlib.suppress(queue.Empty):
                 self._queue.get_nowait()
+                self.dropped += 1
 
     def respond(self, query_id: int, payload: bytes) -> None:
         """Answer a query this stream saw (same connection, before its deadline)."""
