@@ -25,7 +25,8 @@ from serfclient import SerfClient as PyPISerf
 from serfclient.connection import SerfConnection
 
 from serfbridge.rpc.client import SerfClient, split_addr
-from serfbridge.rpc.protocol import Connection, Ready, Reply, encode_reply
+from serfbridge.rpc.protocol import Connection, Ready, Reply
+from tests.lab.fake_core_agent import encode_reply
 from tests.lab.serfagents import SERF_BIN, SerfCluster
 
 AGENTS = 20

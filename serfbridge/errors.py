@@ -55,6 +55,21 @@ class ProtocolError(RPCError):
     """The peer broke the RPC protocol (garbage bytes, unexpected message shapes)."""
 
 
+# --- RPC protocol errors: local misuse vs the peer's fault
+
+
+class LocalProtocolError(ProtocolError):
+    """Our own code misused the protocol core (an unknown command, a missing body, a
+    failed connection used again): a bug here, never the agent's doing."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer broke the RPC protocol: garbage bytes, a wrong shape, an unknown Seq."""
+
+
+# --- end of RPC protocol errors
+
+
 class TransportError(RPCError):
     """The connection could not be made, or it dropped."""
 

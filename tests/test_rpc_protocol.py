@@ -24,9 +24,8 @@ from serfbridge.rpc.protocol import (
     StreamEnded,
     StreamRecord,
     agent_error,
-    decode_requests,
-    encode_reply,
 )
+from tests.lab.fake_core_agent import decode_requests, encode_reply
 
 # Captured from the live 0.9.4 agent (serf-probe.md §2 and §3).
 MEMBERS_BODY_HEX = (

@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 from serfbridge.errors import ProtocolError
 from serfbridge.rpc.budget import encoded_tags_size
-from serfbridge.rpc.protocol import Connection, StreamRecord, decode_requests, encode_reply
+from serfbridge.rpc.protocol import Connection, StreamRecord
+from tests.lab.fake_core_agent import decode_requests, encode_reply
 
 names = st.text(min_size=0, max_size=40)
 tag_maps = st.dictionaries(st.text(max_size=40), st.text(max_size=300), max_size=8)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 
-from serfbridge.rpc.client import STREAM_BUFFER, Stream
+from serfbridge.rpc.stream import STREAM_BUFFER, Stream
 
 
 class _FakeHub:

@@ -1,161 +1,42 @@
-"""The socket shell around the pure protocol core: blocking commands and stoppable streams.
+"""The client of one Serf agent: blocking commands and stoppable streams.
 
-``SerfClient`` keeps two kinds of TCP connection to one agent, because the agent runs
-the requests of a connection strictly one after another (``reference/serf-rpc.md`` §1):
+``SerfClient`` keeps two kinds of connection to one agent, because the agent runs the
+requests of a connection strictly one after another (``reference/serf-rpc.md`` §1):
 
 * a *command* connection for request/reply commands (``members``, ``tags``, ...), used
   under a lock by one caller at a time; a slow ``tags`` never stalls event delivery;
-* a *stream* connection owned by a reader thread, carrying ``stream``, ``monitor`` and
-  ``query`` subscriptions plus ``respond`` (which must use the connection that saw the
-  query). When it drops, the reader re-dials with backoff, redoes handshake and auth,
-  and re-subscribes every open stream; each stream then yields ``Reconnected``.
+* a *stream* connection (``rpc.hub``) owned by a reader thread, carrying ``stream``,
+  ``monitor`` and ``query`` subscriptions plus ``respond`` (which must use the
+  connection that saw the query), re-dialled and re-subscribed when it drops.
 
-Every request has a timeout. Socket and protocol failures become our error types here
-(``TransportError``, ``RPCTimeout``, ``ProtocolError``); agent error strings become the
-typed ``AgentError`` family. This module must not parse or build wire messages itself:
-that is ``protocol.py``'s job. It never logs the auth key.
+Both run over a ``Transport`` (``rpc.transport``): TCP to a real agent by default, or
+whatever ``connect=`` makes (the tests' in-memory fake agent). Every request has a
+timeout. Transport and protocol failures arrive as our error types; agent error strings
+become the typed ``AgentError`` family. This module must not parse or build wire
+messages itself (``protocol.py`` does) nor dial sockets (``transport.py`` does). It
+never logs the auth key.
 """
 
 from __future__ import annotations
 
-import contextlib
-import queue
-import socket
+import functools
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
-
-import tenacity
+from collections.abc import Iterable, Mapping
 
 from serfbridge import localpeers
-from serfbridge.errors import (
-    BudgetError,
-    ProtocolError,
-    RPCError,
-    RPCTimeout,
-    SerfBridgeError,
-    TransportError,
-    UsageError,
-)
+from serfbridge.errors import BudgetError, ProtocolError, RPCError, TransportError
 from serfbridge.re2syntax import check_go_regex
 from serfbridge.rpc import budget
-from serfbridge.rpc.models import (
-    Coordinate,
-    KeyResponse,
-    Member,
-    Reconnected,
-    StreamItem,
-)
-from serfbridge.rpc.protocol import (
-    Connection,
-    Ready,
-    Reply,
-    StreamEnded,
-    StreamRecord,
-    agent_error,
-)
+from serfbridge.rpc.events import Reply
+from serfbridge.rpc.hub import StreamHub
+from serfbridge.rpc.models import Coordinate, Member
+from serfbridge.rpc.stream import Stream
+from serfbridge.rpc.transport import Connector, connect_tcp, split_addr
+from serfbridge.rpc.wire import Wire, dial
 
 DEFAULT_ADDR = "127.0.0.1:7373"
 DEFAULT_TIMEOUT = 10.0
-#: Items a stream buffers locally before it drops (the agent itself buffers 512).
-STREAM_BUFFER = 10_000
-
-
-def split_addr(addr: str) -> tuple[str, int]:
-    """``host:port`` (or ``[v6]:port``) → (host, port); raises UsageError when malformed."""
-    host, sep, port = addr.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UsageError(f"RPC address must be host:port, got {addr!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
-
-
-class _Wire:
-    """One dialled, handshaken (and authenticated) TCP connection plus its protocol core.
-
-    Before anything is sent, a peer on this host must be the agent's user: while the
-    agent restarts, any local user can listen on its port (``localpeers``)."""
-
-    def __init__(
-        self, addr: str, auth_key: str | None, timeout: float, trusted: frozenset[int]
-    ) -> None:
-        self.addr = addr
-        try:
-            self.sock = socket.create_connection(split_addr(addr), timeout=timeout)
-            # Requests are small and latency-bound; don't let Nagle hold them back.
-            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError as exc:
-            raise TransportError(f"cannot reach the serf agent at {addr}: {exc}") from exc
-        try:
-            localpeers.check_agent_owner(self.sock, trusted, addr)
-        except BaseException:
-            self.close()
-            raise
-        self.core = Connection(auth_key=auth_key)
-        try:
-            self.flush()
-            self._wait_ready(time.monotonic() + timeout)
-        except BaseException:
-            self.close()
-            raise
-
-    def _wait_ready(self, deadline: float) -> None:
-        while True:
-            for event in self.read_events(deadline):
-                if isinstance(event, Reply) and event.error:
-                    raise agent_error(event.command, event.error)
-                if isinstance(event, Ready):
-                    return
-
-    def flush(self) -> None:
-        data = self.core.data_to_send()
-        if data:
-            try:
-                self.sock.sendall(data)
-            except OSError as exc:
-                raise TransportError(f"lost the connection to {self.addr}: {exc}") from exc
-
-    def feed(self, data: bytes) -> list[object]:
-        if not data:
-            raise TransportError(f"the serf agent at {self.addr} closed the connection")
-        self.core.receive_data(data)
-        self.flush()  # auth goes out right after the handshake reply
-        return list(self.core.next_events())
-
-    def read_events(self, deadline: float) -> list[object]:
-        """Block until the core has events, or raise RPCTimeout at ``deadline``."""
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise RPCTimeout(f"the serf agent at {self.addr} did not answer in time")
-            self.sock.settimeout(remaining)
-            try:
-                data = self.sock.recv(65536)
-            except TimeoutError as exc:
-                raise RPCTimeout(f"the serf agent at {self.addr} did not answer in time") from exc
-            except OSError as exc:
-                raise TransportError(f"lost the connection to {self.addr}: {exc}") from exc
-            events = self.feed(data)
-            if events:
-                return events
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
-        self.sock.close()
-
-
-def _dial(
-    addr: str, auth_key: str | None, timeout: float, attempts: int, trusted: frozenset[int]
-) -> _Wire:
-    """Dial with exponential backoff on transport errors (agent restarting, port not open)."""
-    retrying = tenacity.Retrying(
-        stop=tenacity.stop_after_attempt(max(1, attempts)),
-        wait=tenacity.wait_exponential(multiplier=0.05, max=2.0),
-        retry=tenacity.retry_if_exception_type(TransportError),
-        reraise=True,
-    )
-    return retrying(_Wire, addr, auth_key, timeout, trusted)
 
 
 class SerfClient:
@@ -170,19 +51,24 @@ class SerfClient:
         connect_attempts: int = 3,
         tag_limit: int = budget.DEFAULT_TAG_LIMIT,
         trusted_uids: frozenset[int] | None = None,
+        connect: Connector | None = None,
     ) -> None:
         """``trusted_uids``: who may own the agent's port on this host (root and our own
-        user when None; ``localpeers.trusted_uids``)."""
+        user when None; ``localpeers.trusted_uids``). ``connect``: makes the transport
+        (TCP to ``addr`` with that check when None)."""
         split_addr(addr)
-        self._trusted = localpeers.trusted_uids() if trusted_uids is None else trusted_uids
+        if connect is None:
+            trusted = localpeers.trusted_uids() if trusted_uids is None else trusted_uids
+            connect = functools.partial(connect_tcp, addr, trusted=trusted)
+        self._connect = connect
         self.addr = addr
         self.timeout = timeout
         self.tag_limit = tag_limit
         self._auth_key = auth_key or None  # an empty key means "no auth" (§2)
         self._attempts = connect_attempts
         self._lock = threading.Lock()
-        self._wire: _Wire | None = None
-        self._hub: _StreamHub | None = None
+        self._wire: Wire | None = None
+        self._hub: StreamHub | None = None
         self._hub_lock = threading.Lock()
 
     def __repr__(self) -> str:  # never shows the key
@@ -229,22 +115,26 @@ class SerfClient:
         self, command: str, body: Mapping[str, object] | None, timeout: float | None
     ) -> Reply:
         if self._wire is None:
-            self._wire = _dial(
-                self.addr, self._auth_key, self.timeout, self._attempts, self._trusted
+            self._wire = dial(
+                self._connect,
+                auth_key=self._auth_key,
+                timeout=self.timeout,
+                attempts=self._attempts,
+                name=self.addr,
             )
         wire = self._wire
         try:
             return self._roundtrip(wire, command, body, timeout or self.timeout)
-        except (RPCError, OSError):
+        except RPCError:
             # Timed out or broken: the reply may still come, so this connection is done.
             wire.close()
             self._wire = None
             raise
 
     def _roundtrip(
-        self, wire: _Wire, command: str, body: Mapping[str, object] | None, timeout: float
+        self, wire: Wire, command: str, body: Mapping[str, object] | None, timeout: float
     ) -> Reply:
-        seq = wire.core.send(command, body)
+        seq = wire.queue(command, body)
         wire.flush()
         deadline = time.monotonic() + timeout
         while True:
@@ -335,24 +225,6 @@ class SerfClient:
     def event(self, name: str, payload: bytes = b"", *, coalesce: bool = True) -> None:
         self._request("event", {"Name": name, "Payload": payload, "Coalesce": coalesce})
 
-    def _keys(self, command: str, key: str | None = None) -> KeyResponse:
-        reply = self.call(command, {"Key": key} if key is not None else None)
-        reply.raise_for_error()
-        assert isinstance(reply.body, KeyResponse)
-        return reply.body
-
-    def install_key(self, key: str) -> KeyResponse:
-        return self._keys("install-key", key)
-
-    def use_key(self, key: str) -> KeyResponse:
-        return self._keys("use-key", key)
-
-    def remove_key(self, key: str) -> KeyResponse:
-        return self._keys("remove-key", key)
-
-    def list_keys(self) -> KeyResponse:
-        return self._keys("list-keys")
-
     def get_coordinate(self, node: str) -> Coordinate | None:
         body = self._request("get-coordinate", {"Node": node}).body
         assert body is None or isinstance(body, Coordinate)
@@ -360,11 +232,15 @@ class SerfClient:
 
     # --- the stream connection ----------------------------------------------------------
 
-    def _stream_hub(self) -> _StreamHub:
+    def _stream_hub(self) -> StreamHub:
         with self._hub_lock:
             if self._hub is None:
-                self._hub = _StreamHub(
-                    self.addr, self._auth_key, self.timeout, self._attempts, self._trusted
+                self._hub = StreamHub(
+                    self._connect,
+                    auth_key=self._auth_key,
+                    timeout=self.timeout,
+                    attempts=self._attempts,
+                    name=self.addr,
                 )
             return self._hub
 
@@ -399,273 +275,11 @@ class SerfClient:
         return self._stream_hub().open("query", body)
 
 
-_END = object()
-
-
-@dataclass(eq=False)
-class Stream(Iterator[StreamItem]):
-    """An open subscription: iterate it (blocking) or ``get(timeout)``; ``stop()`` ends it."""
-
-    hub: _StreamHub
-    command: str
-    body: Mapping[str, object]
-    seq: int = -1
-    dropped: int = 0
-    _queue: queue.Queue[object] = field(default_factory=lambda: queue.Queue(STREAM_BUFFER))
-    _done: bool = False
-
-    def __iter__(self) -> Iterator[StreamItem]:
-        return self
-
-    def __next__(self) -> StreamItem:
-        item = self._take(None)
-        if item is None:
-            raise StopIteration
-        return item
-
-    @property
-    def done(self) -> bool:
-        """True once the stream has ended (stopped, closed, or a query's ``done``)."""
-        return self._done
-
-    def get(self, timeout: float | None = None) -> StreamItem | None:
-        """The next item, or None on timeout or when the stream has ended."""
-        try:
-            return self._take(timeout)
-        except queue.Empty:
-            return None
-
-    def _take(self, timeout: float | None) -> StreamItem | None:
-        if self._done:
-            return None
-        item = self._queue.get(timeout=timeout)
-        if item is _END:
-            self._done = True
-            return None
-        if isinstance(item, BaseException):
-            self._done = True
-            raise item
-        return item  # type: ignore[return-value]
-
-    def put(self, item: object) -> None:
-        """Buffer an item; a full buffer drops records, but never the end or an error.
-
-        The end marker and an exception are what unblock the reader, so when the buffer
-        is full they push out the oldest record instead (counted in ``dropped``).
-        """
-        final = item is _END or isinstance(item, BaseException)
-        while True:
-            try:
-                self._queue.put_nowait(item)
-                return
-            except queue.Full:
-                if not final:
-                    self.dropped += 1
-                    return
-            # Count an eviction only if it took a record: the reader may have emptied the
-            # buffer in the meantime, and then the retry simply fits.
-            with contextlib.suppress(queue.Empty):
-                self._queue.get_nowait()
-                self.dropped += 1
-
-    def respond(self, query_id: int, payload: bytes) -> None:
-        """Answer a query this stream saw (same connection, before its deadline)."""
-        self.hub.request("respond", {"ID": query_id, "Payload": payload}).raise_for_error()
-
-    def stop(self) -> None:
-        """Stop the subscription; records still buffered by the agent are discarded."""
-        self.hub.stop(self)
-        self.put(_END)
-
-    def __enter__(self) -> Stream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-class _Slot:
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self.reply: Reply | None = None
-        self.error: BaseException | None = None
-
-
-class _StreamHub:
-    """The stream connection: a reader thread, open subscriptions, and reconnection."""
-
-    def __init__(
-        self,
-        addr: str,
-        auth_key: str | None,
-        timeout: float,
-        attempts: int,
-        trusted: frozenset[int],
-    ) -> None:
-        self.addr, self._auth_key, self.timeout = addr, auth_key, timeout
-        self._trusted = trusted
-        self._lock = threading.RLock()
-        self._subs: dict[int, Stream] = {}
-        self._slots: dict[int, _Slot] = {}
-        self._closed = False
-        self.reconnects = 0
-        self._wire = _dial(addr, auth_key, timeout, attempts, trusted)
-        self._thread = threading.Thread(
-            target=self._read_loop, name=f"serf-stream-{addr}", daemon=True
-        )
-        self._thread.start()
-
-    def open(self, command: str, body: Mapping[str, object]) -> Stream:
-        stream = Stream(self, command, body)
-        reply = self.request(command, body, subscribe=stream)
-        if reply.error:
-            with self._lock:
-                self._subs.pop(reply.seq, None)
-            raise agent_error(command, reply.error)
-        return stream
-
-    def request(
-        self, command: str, body: Mapping[str, object] | None, *, subscribe: Stream | None = None
-    ) -> Reply:
-        slot = _Slot()
-        with self._lock:
-            if self._closed:
-                raise TransportError("client is closed")
-            seq = self._wire.core.send(command, body)
-            self._slots[seq] = slot
-            if subscribe is not None:
-                subscribe.seq = seq
-                self._subs[seq] = subscribe  # before the ack: records may follow it at once
-            self._wire.flush()
-        if not slot.event.wait(self.timeout):
-            with self._lock:
-                self._slots.pop(seq, None)
-                self._subs.pop(seq, None)
-            raise RPCTimeout(f"the serf agent at {self.addr} did not answer {command!r} in time")
-        if slot.error is not None:
-            raise slot.error
-        assert slot.reply is not None
-        return slot.reply
-
-    def stop(self, stream: Stream) -> None:
-        with self._lock:
-            if self._subs.get(stream.seq) is not stream:
-                return
-            del self._subs[stream.seq]
-        if stream.command != "query":  # a query ends by itself at its deadline
-            with contextlib.suppress(RPCError):
-                self.request("stop", {"Stop": stream.seq})
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            subs = list(self._subs.values())
-            self._subs.clear()
-            self._wire.close()
-        for stream in subs:
-            stream.put(_END)
-        self._thread.join(timeout=5)
-
-    # --- the reader thread --------------------------------------------------------------
-
-    def _read_loop(self) -> None:
-        while not self._closed:
-            wire = self._wire
-            try:
-                data = wire.sock.recv(65536) if self._wait_readable(wire) else None
-                if data is None:
-                    continue
-                with self._lock:
-                    events = wire.feed(data)
-                self._dispatch(events)
-            except (SerfBridgeError, OSError) as exc:
-                if self._closed:
-                    return
-                self._fail_pending(exc)
-                self._reconnect()
-
-    def _wait_readable(self, wire: _Wire) -> bool:
-        wire.sock.settimeout(0.5)  # wake up now and then to notice close()
-        try:
-            data = wire.sock.recv(1, socket.MSG_PEEK)
-        except TimeoutError:
-            return False
-        except OSError as exc:
-            raise TransportError(f"lost the connection to {self.addr}: {exc}") from exc
-        if not data:
-            raise TransportError(f"the serf agent at {self.addr} closed the connection")
-        return True
-
-    def _dispatch(self, events: list[object]) -> None:
-        for event in events:
-            if isinstance(event, Reply):
-                self._on_reply(event)
-            elif isinstance(event, StreamRecord):
-                self._route(event.seq, event.item)
-            elif isinstance(event, StreamEnded):
-                with self._lock:
-                    stream = self._subs.pop(event.seq, None)
-                if stream is not None:
-                    stream.put(_END)
-
-    def _on_reply(self, reply: Reply) -> None:
-        with self._lock:
-            slot = self._slots.pop(reply.seq, None)
-            stream = self._subs.get(reply.seq) if reply.error else None
-            if stream is not None and slot is None:  # a re-subscription was refused
-                del self._subs[reply.seq]
-        if slot is not None:
-            slot.reply = reply
-            slot.event.set()
-        elif stream is not None:
-            stream.put(agent_error(reply.command, reply.error))
-
-    def _route(self, seq: int, item: StreamItem) -> None:
-        with self._lock:
-            stream = self._subs.get(seq)
-        if stream is not None:
-            stream.put(item)
-
-    def _fail_pending(self, exc: BaseException) -> None:
-        with self._lock:
-            slots, self._slots = self._slots, {}
-            queries = {s: st for s, st in self._subs.items() if st.command == "query"}
-            for seq in queries:
-                del self._subs[seq]
-        error = exc if isinstance(exc, SerfBridgeError) else TransportError(str(exc))
-        for slot in slots.values():
-            slot.error = error
-            slot.event.set()
-        for stream in queries.values():
-            stream.put(TransportError(f"connection lost during query: {exc}"))
-
-    def _reconnect(self) -> None:
-        """Re-dial with backoff until it works or the client closes; re-subscribe streams."""
-        self._wire.close()
-        retrying = tenacity.Retrying(
-            wait=tenacity.wait_exponential(multiplier=0.05, max=1.0),
-            retry=tenacity.retry_if_exception_type(RPCError),
-            stop=lambda _state: self._closed,
-            reraise=True,
-        )
-        try:
-            wire = retrying(_Wire, self.addr, self._auth_key, self.timeout, self._trusted)
-        except RPCError:
-            return  # closed while we were retrying
-        if self._closed:
-            wire.close()
-            return
-        with self._lock:
-            self._wire = wire
-            self.reconnects += 1
-            streams = list(self._subs.values())
-            self._subs.clear()
-            for stream in streams:
-                stream.seq = wire.core.send(stream.command, stream.body)
-                self._subs[stream.seq] = stream
-            wire.flush()
-        for stream in streams:
-            stream.put(Reconnected())
-
-
-__all__ = ["DEFAULT_ADDR", "ProtocolError", "SerfClient", "Stream", "split_addr"]
+__all__ = [
+    "DEFAULT_ADDR",
+    "ProtocolError",
+    "SerfClient",
+    "Stream",
+    "TransportError",
+    "split_addr",
+]

@@ -2,8 +2,8 @@
 
 The protocol core (``protocol.py``) builds these from raw msgpack objects with the
 ``parse_*`` functions below, which check every field's type, so nothing untyped and no
-``Any`` leaves the core. A wrong shape raises ``ProtocolError`` (the peer broke the
-protocol); it never raises anything else.
+``Any`` leaves the core. A wrong shape raises ``RemoteProtocolError`` (the peer broke the
+protocol); they never raise anything else.
 
 Pure: no I/O. Field names follow Serf's Go structs (``reference/serf-rpc.md`` §3-§5).
 """
@@ -13,38 +13,40 @@ from __future__ import annotations
 import ipaddress
 import operator
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
-from serfbridge.errors import ProtocolError
+from serfbridge.errors import RemoteProtocolError
 
 # --- raw-value checks ------------------------------------------------------------------
 
 
 def _map(obj: object, what: str) -> Mapping[str, object]:
     if not isinstance(obj, dict) or not all(isinstance(k, str) for k in obj):
-        raise ProtocolError(f"{what}: expected a map with string keys, got {type(obj).__name__}")
+        raise RemoteProtocolError(
+            f"{what}: expected a map with string keys, got {type(obj).__name__}"
+        )
     return obj
 
 
 def _str(m: Mapping[str, object], key: str, what: str) -> str:
     value = m.get(key, "")
     if not isinstance(value, str):
-        raise ProtocolError(f"{what}.{key}: expected a string, got {type(value).__name__}")
+        raise RemoteProtocolError(f"{what}.{key}: expected a string, got {type(value).__name__}")
     return value
 
 
 def _int(m: Mapping[str, object], key: str, what: str) -> int:
     value = m.get(key, 0)
     if not isinstance(value, int) or isinstance(value, bool):
-        raise ProtocolError(f"{what}.{key}: expected an integer, got {type(value).__name__}")
+        raise RemoteProtocolError(f"{what}.{key}: expected an integer, got {type(value).__name__}")
     return value
 
 
 def _bool(m: Mapping[str, object], key: str, what: str) -> bool:
     value = m.get(key, False)
     if not isinstance(value, bool):
-        raise ProtocolError(f"{what}.{key}: expected a boolean, got {type(value).__name__}")
+        raise RemoteProtocolError(f"{what}.{key}: expected a boolean, got {type(value).__name__}")
     return value
 
 
@@ -57,7 +59,7 @@ def _bytes(m: Mapping[str, object], key: str, what: str) -> bytes:
         return value
     if isinstance(value, str):
         return value.encode("utf-8", "surrogateescape")
-    raise ProtocolError(f"{what}.{key}: expected bytes, got {type(value).__name__}")
+    raise RemoteProtocolError(f"{what}.{key}: expected bytes, got {type(value).__name__}")
 
 
 def _str_map(obj: object, what: str) -> dict[str, str]:
@@ -65,7 +67,7 @@ def _str_map(obj: object, what: str) -> dict[str, str]:
         return {}
     m = _map(obj, what)
     if not all(isinstance(v, str) for v in m.values()):
-        raise ProtocolError(f"{what}: expected string values")
+        raise RemoteProtocolError(f"{what}: expected string values")
     return {k: str(v) for k, v in m.items()}
 
 
@@ -73,7 +75,7 @@ def _list(obj: object, what: str) -> list[object]:
     if obj is None:
         return []
     if not isinstance(obj, list):
-        raise ProtocolError(f"{what}: expected a list, got {type(obj).__name__}")
+        raise RemoteProtocolError(f"{what}: expected a list, got {type(obj).__name__}")
     return obj
 
 
@@ -127,7 +129,7 @@ def _addr(raw: object, what: str) -> str:
         return text
     if raw is None or raw == b"":
         return ""
-    raise ProtocolError(f"{what}.Addr: expected 4 or 16 bytes")
+    raise RemoteProtocolError(f"{what}.Addr: expected 4 or 16 bytes")
 
 
 _ONLY_STR = {str}
@@ -178,7 +180,7 @@ def parse_member(obj: object) -> Member:
 
 def _parse_member_carefully(obj: object) -> Member:
     if type(obj) is not dict:
-        raise ProtocolError(f"Member: expected a map, got {type(obj).__name__}")
+        raise RemoteProtocolError(f"Member: expected a map, got {type(obj).__name__}")
     get = obj.get
     name, status, port = get("Name", ""), get("Status", ""), get("Port", 0)
     protocol = (get("ProtocolMin", 0), get("ProtocolMax", 0), get("ProtocolCur", 0))
@@ -186,7 +188,7 @@ def _parse_member_carefully(obj: object) -> Member:
     if {type(name), type(status)} != _ONLY_STR or not set(
         map(type, (port, *protocol, *delegate))
     ) <= _ONLY_INT:
-        raise ProtocolError("Member: Name/Status must be strings, Port and versions integers")
+        raise RemoteProtocolError("Member: Name/Status must be strings, Port and versions integers")
     tags = get("Tags")
     if (
         type(tags) is not dict
@@ -274,14 +276,14 @@ def parse_event_record(obj: object) -> MemberEvent | UserEvent | QueryEvent:
             payload=_bytes(m, "Payload", "query event"),
             ltime=_int(m, "LTime", "query event"),
         )
-    raise ProtocolError(f"unknown stream event type {event!r}")
+    raise RemoteProtocolError(f"unknown stream event type {event!r}")
 
 
 def parse_query_record(obj: object) -> QueryRecord:
     m = _map(obj, "query record")
     kind = _str(m, "Type", "query record")
     if kind not in ("ack", "response", "done"):
-        raise ProtocolError(f"unknown query record type {kind!r}")
+        raise RemoteProtocolError(f"unknown query record type {kind!r}")
     return QueryRecord(
         type=kind, from_node=_str(m, "From", "query record"), payload=_bytes(m, "Payload", "query")
     )
@@ -295,15 +297,6 @@ def parse_log_record(obj: object) -> LogLine:
 
 
 @dataclass(frozen=True)
-class KeyResponse:
-    messages: Mapping[str, str] = field(hash=False)
-    keys: Mapping[str, int] = field(hash=False)
-    num_nodes: int
-    num_err: int
-    num_resp: int
-
-
-@dataclass(frozen=True)
 class Coordinate:
     vec: tuple[float, ...]
     error: float
@@ -314,23 +307,8 @@ class Coordinate:
 def _float(m: Mapping[str, object], key: str, what: str) -> float:
     value = m.get(key, 0.0)
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ProtocolError(f"{what}.{key}: expected a number")
+        raise RemoteProtocolError(f"{what}.{key}: expected a number")
     return float(value)
-
-
-def parse_key_response(obj: object) -> KeyResponse:
-    m = _map(obj, "key reply")
-    keys = m.get("Keys")
-    keymap = _map(keys, "Keys") if keys is not None else {}
-    if not all(isinstance(v, int) for v in keymap.values()):
-        raise ProtocolError("Keys: expected integer counts")
-    return KeyResponse(
-        messages=_str_map(m.get("Messages"), "Messages"),
-        keys={k: int(v) for k, v in keymap.items()},  # type: ignore[call-overload]
-        num_nodes=_int(m, "NumNodes", "key reply"),
-        num_err=_int(m, "NumErr", "key reply"),
-        num_resp=_int(m, "NumResp", "key reply"),
-    )
 
 
 def parse_coordinate(obj: object) -> Coordinate | None:
@@ -340,7 +318,7 @@ def parse_coordinate(obj: object) -> Coordinate | None:
     c = _map(m.get("Coord"), "Coord")
     vec = _list(c.get("Vec"), "Coord.Vec")
     if not all(isinstance(x, int | float) and not isinstance(x, bool) for x in vec):
-        raise ProtocolError("Coord.Vec: expected numbers")
+        raise RemoteProtocolError("Coord.Vec: expected numbers")
     return Coordinate(
         vec=tuple(float(x) for x in vec),  # type: ignore[arg-type]
         error=_float(c, "Error", "Coord"),
@@ -358,4 +336,4 @@ def parse_join(obj: object) -> int:
     return _int(_map(obj, "join reply"), "Num", "join reply")
 
 
-ReplyBody = tuple[Member, ...] | KeyResponse | Coordinate | dict[str, dict[str, str]] | int | None
+ReplyBody = tuple[Member, ...] | Coordinate | dict[str, dict[str, str]] | int | None

@@ -1,50 +1,53 @@
 """The Serf RPC protocol as a pure state machine: bytes in, events out, no sockets.
 
 Like h11's ``Connection``: the caller feeds what it read with ``receive_data()``, takes
-events from ``next_events()``, and writes whatever ``data_to_send()`` returns. This
-module owns every rule of ``reference/serf-rpc.md`` §1-§6:
+events from ``next_events()``, and writes whatever ``data_to_send()`` returns. Callers:
+``rpc.wire`` (the I/O shell) and the tests. This module owns every rule of
+``reference/serf-rpc.md`` §1-§6:
 
-* the Seq counter (strictly increasing, never reused, §1.2) and, per Seq, what the reply
-  looks like: a bare header, a header plus a body, or a stream (ack, then header+body
-  records, §1);
+* the Seq counter (strictly increasing, never reused, §1.2) and ONE table from each Seq
+  to an explicit ``Expectation``: its reply ``Shape`` (a bare header, a header plus a
+  body, or a stream: ack, then header+record per item, §1) and its ``Phase``;
 * handshake and auth gating: requests made earlier are held back and only written once
   the handshake (and auth, when we have a key) succeeded (§1.1, §2);
-* stop-then-drain: records of a stopped stream may still arrive after the ``stop`` reply;
-  they keep being parsed as header+body and are dropped (§1.2);
-* the ``Authentication required`` desync: a refused request's body is re-read by the
+* stop-then-drain: records of a stopped stream may still arrive after the ``stop``
+  reply; they are read as header+record and dropped (§1.2). The agent buffers at most
+  512 records per stream (§4), so an entry goes after ``DRAIN_RECORDS`` of them, and
+  only the ``MAX_DRAINING`` most recently stopped streams are kept at all;
+* the ``Authentication required`` echo: a refused request's body is re-read by the
   agent as a header and answered twice, so the echo is swallowed (§1.1);
 * agent error strings become typed exceptions (``agent_error``);
 * every message is bounded (a fake agent on the port can send anything): at most
-  ``MAX_LIST`` items in a list or map (so ``MAX_LIST`` members per reply), ``MAX_STRING``
-  bytes per string, ``MAX_MESSAGE_BYTES`` on the wire and ``MAX_MESSAGE_ITEMS`` decoded
-  values per header or body. Beyond any of them the connection fails with a
-  ``ProtocolError`` before the rest is decoded, so memory stays bounded too.
+  ``MAX_LIST`` items in a list or map, ``MAX_STRING`` bytes per string,
+  ``MAX_MESSAGE_BYTES`` on the wire and ``MAX_MESSAGE_ITEMS`` decoded values per header
+  or body; beyond any of them the connection fails before the rest is decoded.
 
-The wire keys ``Command``/``Seq``/``Error`` appear only here. Garbage from the peer raises
-``ProtocolError`` and nothing else. Must not import socket, time or threading.
+Two error classes, as in h11: bytes from the peer that break a rule raise
+``RemoteProtocolError`` and nothing else; our own misuse of the core (an unknown
+command, a missing body, using a failed connection) raises ``LocalProtocolError``.
+The wire keys ``Command``/``Seq``/``Error`` appear only here. Must not import socket,
+time or threading.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 import msgpack
 
-from serfbridge.errors import (
-    AgentError,
-    AuthError,
-    HandshakeError,
-    InvalidFilter,
-    KeyringError,
-    ProtocolError,
-    QueryError,
-    TagsTooLarge,
-    UnsupportedCommand,
-)
+from serfbridge.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from serfbridge.rpc import models
+from serfbridge.rpc.events import (
+    Event,
+    Ready,
+    Reply,
+    StreamEnded,
+    StreamRecord,
+    agent_error,
+)
 from serfbridge.rpc.models import ReplyBody, StreamItem
 
 IPC_VERSION = 1
@@ -57,6 +60,12 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # one header or body on the wire
 #: Lists and maps, and their items, decoded per header or body: a full reply of
 #: ``MAX_LIST`` members with their tags takes about 30 per member.
 MAX_MESSAGE_ITEMS = 400_000
+#: Records a stopped stream may still send: the agent's 512-record buffer plus the one
+#: its sender had already taken when the stop came (§1.2, §4).
+DRAIN_RECORDS = 513
+#: Stopped streams whose late records are still recognised; an older one's record then
+#: fails the connection (the client re-dials), which beats a table that only grows.
+MAX_DRAINING = 256
 
 #: Commands whose reply is header + body, even when Error is set (§1).
 _BODY_PARSERS: dict[str, Callable[[object], ReplyBody]] = {
@@ -65,10 +74,6 @@ _BODY_PARSERS: dict[str, Callable[[object], ReplyBody]] = {
     "members-filtered": models.parse_members,
     "stats": models.parse_stats,
     "get-coordinate": models.parse_coordinate,
-    "install-key": models.parse_key_response,
-    "use-key": models.parse_key_response,
-    "remove-key": models.parse_key_response,
-    "list-keys": models.parse_key_response,
 }
 #: Streaming commands: a bare ack, then header + record per item (§4, §5).
 _RECORD_PARSERS: dict[str, Callable[[object], StreamItem]] = {
@@ -76,28 +81,22 @@ _RECORD_PARSERS: dict[str, Callable[[object], StreamItem]] = {
     "monitor": models.parse_log_record,
     "query": models.parse_query_record,
 }
+_SETUP = frozenset({"handshake", "auth"})
 #: Commands that take a request body; the rest must be sent without one (§1.1).
-_TAKES_BODY = frozenset(
-    {
-        "handshake",
-        "auth",
-        "event",
-        "force-leave",
-        "join",
-        "members-filtered",
-        "tags",
-        "stream",
-        "monitor",
-        "stop",
-        "query",
-        "respond",
-        "install-key",
-        "use-key",
-        "remove-key",
-        "get-coordinate",
-    }
-)
-_NO_BODY = frozenset({"members", "leave", "list-keys", "stats"})
+_TAKES_BODY = _SETUP | {
+    "event",
+    "force-leave",
+    "join",
+    "members-filtered",
+    "tags",
+    "stream",
+    "monitor",
+    "stop",
+    "query",
+    "respond",
+    "get-coordinate",
+}
+_NO_BODY = frozenset({"members", "leave", "stats"})
 COMMANDS = _TAKES_BODY | _NO_BODY
 #: Early rejections that come without a body even for body commands (§1).
 _NO_BODY_ERRORS = frozenset(
@@ -112,67 +111,47 @@ class State(enum.Enum):
     FAILED = "failed"  # handshake/auth refused or the peer broke the protocol
 
 
-# --- events handed to the caller -------------------------------------------------------
+class Shape(enum.Enum):
+    """What the agent sends for a Seq (§1)."""
+
+    HEADER = "a bare header"
+    HEADER_BODY = "a header, then a body"
+    STREAM = "a bare ack, then header+record per item"
+
+
+class Phase(enum.Enum):
+    """Where a Seq is in its life; every phase but REPLY reads header+record or drops."""
+
+    REPLY = "awaiting the reply"
+    STREAMING = "records follow"
+    DRAINING = "stopped; late records are dropped"  # §1.2
+    ECHO = "awaiting the second 'Authentication required'"  # §1.1
 
 
 @dataclass(frozen=True)
-class Ready:
-    """Handshake (and auth) succeeded; held-back requests are now in ``data_to_send()``."""
+class Expectation:
+    """What one Seq still expects from the agent. The single per-Seq record of the core."""
 
-
-@dataclass(frozen=True)
-class Reply:
-    """The reply to one request. ``error`` is the agent's text ("" on success)."""
-
-    seq: int
     command: str
-    error: str
-    body: ReplyBody = None
-
-    def raise_for_error(self) -> None:
-        if self.error:
-            raise agent_error(self.command, self.error)
-
-
-@dataclass(frozen=True)
-class StreamRecord:
-    seq: int
-    item: StreamItem
+    shape: Shape
+    sent_body: bool
+    phase: Phase = Phase.REPLY
+    stop_target: int | None = None  # for ``stop``: the Seq it stops
+    drain_left: int = 0  # for DRAINING: records the agent may still send
 
 
-@dataclass(frozen=True)
-class StreamEnded:
-    """A query's ``done`` record arrived: nothing more will come for this Seq."""
-
-    seq: int
-
-
-Event = Ready | Reply | StreamRecord | StreamEnded
+def _shape_of(command: str) -> Shape:
+    if command in _BODY_PARSERS:
+        return Shape.HEADER_BODY
+    return Shape.STREAM if command in _RECORD_PARSERS else Shape.HEADER
 
 
-@dataclass
-class _Pending:
-    command: str
-    has_body: bool
-
-
-def agent_error(command: str, text: str) -> AgentError:
-    """Map an agent's error string to our exception type, keeping its exact text (§6)."""
-    if text in ("Authentication required", "Invalid authentication token"):
-        return AuthError(text, command=command)
-    if text in ("Unsupported IPC version", "Handshake already performed", "Handshake required"):
-        return HandshakeError(text, command=command)
-    if text == "Unsupported command":
-        return UnsupportedCommand(text, command=command)
-    if text == "Invalid event filter":
-        return InvalidFilter(text, command=command)
-    if text.startswith("Encoded length of tags exceeds limit"):
-        return TagsTooLarge(text, command=command)
-    if command in ("query", "respond") or text.startswith("No pending queries"):
-        return QueryError(text, command=command)
-    if command.endswith("-key") or command == "list-keys":
-        return KeyringError(text, command=command)
-    return AgentError(text, command=command)
+def _header_fields(obj: object) -> tuple[int, str]:
+    hdr = models._map(obj, "response header")
+    seq, error = hdr.get("Seq"), hdr.get("Error", "")
+    if not isinstance(seq, int) or isinstance(seq, bool) or not isinstance(error, str):
+        raise RemoteProtocolError(f"malformed response header: {hdr!r}")
+    return seq, error
 
 
 @dataclass
@@ -185,12 +164,9 @@ class Connection:
     _seq: int = field(init=False)
     _out: bytearray = field(init=False, default_factory=bytearray)
     _held: list[bytes] = field(init=False, default_factory=list)
-    _pending: dict[int, _Pending] = field(init=False, default_factory=dict)
-    _streams: dict[int, str] = field(init=False, default_factory=dict)
-    _draining: dict[int, str] = field(init=False, default_factory=dict)
-    _echoes: set[int] = field(init=False, default_factory=set)
-    _stopping: dict[int, int] = field(init=False, default_factory=dict)  # stop seq -> target
-    _header: tuple[int, str, str] | None = field(init=False, default=None)  # seq, kind, error
+    _expected: dict[int, Expectation] = field(init=False, default_factory=dict)
+    #: A header was read and its body or record comes next: (seq, expectation, error).
+    _body_for: tuple[int, Expectation, str] | None = field(init=False, default=None)
     _events: list[Event] = field(init=False, default_factory=list)
     _unpacker: msgpack.Unpacker = field(init=False)
     _fed: int = field(init=False, default=0)  # bytes fed to the unpacker so far
@@ -217,18 +193,12 @@ class Connection:
 
     def send(self, command: str, body: Mapping[str, object] | None = None) -> int:
         """Queue a request and return its Seq. Held back until the connection is ready."""
-        if command not in COMMANDS or command in ("handshake", "auth"):
-            raise ProtocolError(f"not a request this client sends: {command!r}")
+        if command not in COMMANDS or command in _SETUP:
+            raise LocalProtocolError(f"not a request this client sends: {command!r}")
         if (body is not None) != (command in _TAKES_BODY):
-            raise ProtocolError(f"{command!r} {'needs' if body is None else 'takes no'} body")
-        if self.state is State.FAILED:
-            raise ProtocolError("connection failed; open a new one")
-        seq = self._write(command, body, hold=self.state is not State.READY)
-        if command == "stop" and body is not None:
-            target = body.get("Stop")
-            if isinstance(target, int):
-                self._stopping[seq] = target
-        return seq
+            raise LocalProtocolError(f"{command!r} {'needs' if body is None else 'takes no'} body")
+        self._check_usable()
+        return self._write(command, body, hold=self.state is not State.READY)
 
     def data_to_send(self) -> bytes:
         data = bytes(self._out)
@@ -237,23 +207,32 @@ class Connection:
 
     def _write(self, command: str, body: Mapping[str, object] | None, *, hold: bool = False) -> int:
         seq = self._seq
-        self._seq += 1
         try:
             data: bytes = msgpack.packb({"Command": command, "Seq": seq})
             if body is not None:
                 data += msgpack.packb(dict(body), use_bin_type=True)
-        except (TypeError, ValueError, UnicodeEncodeError) as exc:
-            raise ProtocolError(f"cannot encode {command!r} request: {exc}") from exc
-        self._pending[seq] = _Pending(command, body is not None)
+        except (TypeError, ValueError, UnicodeEncodeError, OverflowError) as exc:
+            raise LocalProtocolError(f"cannot encode {command!r} request: {exc}") from exc
+        self._seq += 1
+        target = body.get("Stop") if command == "stop" and body is not None else None
+        self._expected[seq] = Expectation(
+            command,
+            _shape_of(command),
+            body is not None,
+            stop_target=target if type(target) is int else None,
+        )
         (self._held.append if hold else self._out.extend)(data)
         return seq
+
+    def _check_usable(self) -> None:
+        if self.state is State.FAILED:
+            raise LocalProtocolError("connection failed; open a new one")
 
     # --- receiving ---------------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> None:
         """Feed bytes read from the socket (any split is fine)."""
-        if self.state is State.FAILED:
-            raise ProtocolError("connection failed; open a new one")
+        self._check_usable()
         try:
             self._unpacker.feed(data)
             self._fed += len(data)
@@ -268,11 +247,11 @@ class Connection:
         except ValueError as exc:
             self.state = State.FAILED
             if "exceeds max_" in str(exc):
-                raise ProtocolError(f"the agent sent an oversized message: {exc}") from exc
-            raise ProtocolError(f"undecodable data from agent: {exc!r}") from exc
+                raise RemoteProtocolError(f"the agent sent an oversized message: {exc}") from exc
+            raise RemoteProtocolError(f"undecodable data from agent: {exc!r}") from exc
         except Exception as exc:  # msgpack raises many types on garbage; all mean the same
             self.state = State.FAILED
-            raise ProtocolError(f"undecodable data from agent: {exc!r}") from exc
+            raise RemoteProtocolError(f"undecodable data from agent: {exc!r}") from exc
 
     def _count(self, value: _Sized) -> _Sized:
         """Called by msgpack for each list and map as it is built (the hot path of a big
@@ -280,14 +259,14 @@ class Connection:
         self._items += len(value) + 1
         if self._items <= MAX_MESSAGE_ITEMS:
             return value
-        raise ProtocolError(
+        raise RemoteProtocolError(
             f"the agent sent an oversized message: more than {MAX_MESSAGE_ITEMS} values"
         )
 
     @staticmethod
     def _check_size(size: int) -> None:
         if size > MAX_MESSAGE_BYTES:
-            raise ProtocolError(
+            raise RemoteProtocolError(
                 f"the agent sent an oversized message: more than {MAX_MESSAGE_BYTES} bytes"
             )
 
@@ -296,52 +275,46 @@ class Connection:
         return events
 
     def _on_object(self, obj: object) -> None:
-        if self._header is None:
-            self._on_header(obj)
+        if self._body_for is None:
+            self._on_header(*_header_fields(obj))
             return
-        seq, kind, error = self._header
-        self._header = None
-        if kind == "reply":
-            command = self._pending.pop(seq).command
-            self._events.append(Reply(seq, command, error, _BODY_PARSERS[command](obj)))
-        elif kind == "record":
-            self._on_record(seq, obj)
-        # kind == "drain": a stopped stream's buffered record, parsed and dropped (§1.2)
-
-    def _on_header(self, obj: object) -> None:
-        hdr = models._map(obj, "response header")
-        seq, error = hdr.get("Seq"), hdr.get("Error", "")
-        if not isinstance(seq, int) or isinstance(seq, bool) or not isinstance(error, str):
-            raise ProtocolError(f"malformed response header: {hdr!r}")
-        if seq in self._streams:
-            self._header = (seq, "record", error)
-        elif seq in self._draining:
-            self._header = (seq, "drain", error)
-        elif seq in self._echoes:
-            self._echoes.discard(seq)  # the re-read body's second "Authentication required"
-        elif seq in self._pending:
-            self._on_reply_header(seq, error)
+        seq, expected, error = self._body_for
+        self._body_for = None
+        if expected.phase is Phase.REPLY:
+            del self._expected[seq]
+            body = _BODY_PARSERS[expected.command](obj)
+            self._events.append(Reply(seq, expected.command, error, body))
+        elif expected.phase is Phase.STREAMING:
+            self._on_record(seq, expected.command, obj)
         else:
-            raise ProtocolError(f"response for Seq {seq}, which has no request outstanding")
+            self._on_drained(seq, expected)
 
-    def _on_reply_header(self, seq: int, error: str) -> None:
-        pending = self._pending[seq]
-        command = pending.command
-        if command in ("handshake", "auth"):
-            del self._pending[seq]
-            self._on_setup_reply(seq, command, error)
-        elif command in _BODY_PARSERS and error not in _NO_BODY_ERRORS:
-            self._header = (seq, "reply", error)
+    def _on_header(self, seq: int, error: str) -> None:
+        expected = self._expected.get(seq)
+        if expected is None:
+            raise RemoteProtocolError(f"response for Seq {seq}, which has no request outstanding")
+        if expected.phase is Phase.ECHO:
+            del self._expected[seq]  # the re-read body's second "Authentication required"
+        elif expected.phase is not Phase.REPLY:
+            self._body_for = (seq, expected, error)  # a record (or a drained one) follows
+        elif expected.command in _SETUP:
+            del self._expected[seq]
+            self._on_setup_reply(seq, expected.command, error)
+        elif expected.shape is Shape.HEADER_BODY and error not in _NO_BODY_ERRORS:
+            self._body_for = (seq, expected, error)
         else:
-            del self._pending[seq]
-            if error == "Authentication required" and pending.has_body:
-                self._echoes.add(seq)
-            if command in _RECORD_PARSERS and not error:
-                self._streams[seq] = command
-            target = self._stopping.pop(seq, -1)
-            if command == "stop" and not error:
-                self._on_stopped(target)
-            self._events.append(Reply(seq, command, error))
+            self._on_bare_reply(seq, expected, error)
+
+    def _on_bare_reply(self, seq: int, expected: Expectation, error: str) -> None:
+        if error == "Authentication required" and expected.sent_body:
+            self._expected[seq] = replace(expected, phase=Phase.ECHO)
+        elif expected.shape is Shape.STREAM and not error:
+            self._expected[seq] = replace(expected, phase=Phase.STREAMING)
+        else:
+            del self._expected[seq]
+        if expected.stop_target is not None and not error:
+            self._on_stopped(expected.stop_target)
+        self._events.append(Reply(seq, expected.command, error))
 
     def _on_setup_reply(self, seq: int, command: str, error: str) -> None:
         self._events.append(Reply(seq, command, error))
@@ -359,33 +332,57 @@ class Connection:
             self._events.append(Ready())
 
     def _on_stopped(self, target: int) -> None:
-        command = self._streams.pop(target, None)
-        if command is not None:
-            self._draining[target] = command
+        expected = self._expected.pop(target, None)
+        if expected is None or expected.phase is not Phase.STREAMING:
+            if expected is not None:  # not a stream: leave it as it was
+                self._expected[target] = expected
+            return
+        # Re-inserted at the end, so the table's order of draining entries is stop order.
+        self._expected[target] = replace(expected, phase=Phase.DRAINING, drain_left=DRAIN_RECORDS)
+        draining = [s for s, e in self._expected.items() if e.phase is Phase.DRAINING]
+        for old in draining[: max(0, len(draining) - MAX_DRAINING)]:
+            del self._expected[old]
 
-    def _on_record(self, seq: int, obj: object) -> None:
-        item = _RECORD_PARSERS[self._streams[seq]](obj)
+    def _on_drained(self, seq: int, expected: Expectation) -> None:
+        if expected.drain_left <= 1:
+            del self._expected[seq]  # the agent's buffer is empty: the stream has ended
+        else:
+            self._expected[seq] = replace(expected, drain_left=expected.drain_left - 1)
+
+    def _on_record(self, seq: int, command: str, obj: object) -> None:
+        item = _RECORD_PARSERS[command](obj)
         self._events.append(StreamRecord(seq, item))
         if isinstance(item, models.QueryRecord) and item.type == "done":
-            del self._streams[seq]
+            del self._expected[seq]
             self._events.append(StreamEnded(seq))
 
     # --- introspection -----------------------------------------------------------------
 
     def is_stream(self, seq: int) -> bool:
-        return seq in self._streams
+        expected = self._expected.get(seq)
+        return expected is not None and expected.phase is Phase.STREAMING
+
+    def maybe_expectation(self, seq: int) -> Expectation | None:
+        """What ``seq`` still expects, or None once nothing more can come for it."""
+        return self._expected.get(seq)
+
+    @property
+    def outstanding(self) -> int:
+        """Seqs the table still holds (requests, streams, drains, echoes)."""
+        return len(self._expected)
 
 
-def encode_reply(seq: int, error: str = "", body: object = None) -> bytes:
-    """Encode an agent-side reply the way Serf does; for tests and fake peers only."""
-    data: bytes = msgpack.packb({"Error": error, "Seq": seq})
-    if body is not None:
-        data += msgpack.packb(body, use_bin_type=True)
-    return data
-
-
-def decode_requests(data: bytes) -> list[object]:
-    """Decode a byte string of requests into raw objects; for tests and fake peers only."""
-    unpacker = msgpack.Unpacker(raw=False)
-    unpacker.feed(data)
-    return list(unpacker)
+__all__ = [
+    "COMMANDS",
+    "Connection",
+    "Event",
+    "Expectation",
+    "Phase",
+    "Ready",
+    "Reply",
+    "Shape",
+    "State",
+    "StreamEnded",
+    "StreamRecord",
+    "agent_error",
+]
