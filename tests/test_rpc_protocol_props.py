@@ -1,12 +1,15 @@
-"""Hypothesis properties of the protocol core: chunking, round trips, garbage, budget."""
+"""Hypothesis properties of the protocol core: chunking, round trips, garbage, budget.
+
+Garbage from the peer may raise ``RemoteProtocolError`` and nothing else."""
 
 from __future__ import annotations
 
 import msgpack
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from serfbridge.errors import ProtocolError
+from serfbridge.errors import RemoteProtocolError
 from serfbridge.rpc.budget import encoded_tags_size
 from serfbridge.rpc.protocol import Connection, StreamRecord
 from tests.lab.fake_core_agent import decode_requests, encode_reply
@@ -127,7 +130,7 @@ def test_requests_round_trip(command, body) -> None:
     cuts=st.lists(st.integers(0, 500), max_size=5),
     state=st.sampled_from(["handshaking", "ready", "streaming"]),
 )
-def test_garbage_only_ever_raises_protocol_error(garbage, cuts, state) -> None:
+def test_garbage_only_ever_raises_remote_protocol_error(garbage, cuts, state) -> None:
     if state == "handshaking":
         conn = Connection()
     else:
@@ -139,8 +142,8 @@ def test_garbage_only_ever_raises_protocol_error(garbage, cuts, state) -> None:
         for chunk in _split(garbage, cuts):
             conn.receive_data(chunk)
             conn.next_events()
-    except ProtocolError:
-        pass
+    except RemoteProtocolError:
+        pass  # the only error the peer's bytes may cause (anything else fails the test)
 
 
 @settings(max_examples=200, deadline=None)
@@ -157,20 +160,47 @@ def test_garbage_only_ever_raises_protocol_error(garbage, cuts, state) -> None:
         max_leaves=10,
     )
 )
-def test_well_formed_msgpack_of_the_wrong_shape_only_raises_protocol_error(structured) -> None:
+def test_well_formed_msgpack_of_the_wrong_shape_only_raises_remote_protocol_error(
+    structured,
+) -> None:
     conn, stream, members_seq = _ready()
     try:
         conn.receive_data(encode_reply(stream) + msgpack.packb(structured, use_bin_type=True))
         conn.receive_data(encode_reply(members_seq) + msgpack.packb(structured, use_bin_type=True))
         conn.receive_data(msgpack.packb(structured, use_bin_type=True))
-    except ProtocolError:
-        pass
+    except RemoteProtocolError:
+        pass  # the only error the peer's bytes may cause (anything else fails the test)
 
 
-@given(tags=tag_maps)
-def test_budget_counts_old_spec_msgpack_plus_magic_byte(tags) -> None:
-    # Old-spec msgpack never uses str8 (0xd9) or bin types; str8 would count 1 byte less.
-    raw = {k.encode(): v.encode() for k, v in tags.items()}
-    old = msgpack.packb(raw, use_bin_type=False)
-    assert encoded_tags_size(tags) == 1 + len(old)
-    assert encoded_tags_size(tags) >= 1 + len(msgpack.packb(tags, use_bin_type=True))
+def _str_header(n: int) -> int:
+    """Bytes of an old-spec msgpack raw header for n bytes (fixraw < 32, raw16, raw32)."""
+    return 1 if n < 32 else 3 if n < 2**16 else 5
+
+
+@given(tags=st.dictionaries(st.text(max_size=40), st.text(max_size=300), max_size=15))
+def test_budget_matches_sizes_counted_from_the_msgpack_spec(tags) -> None:
+    # Counted by hand, not by msgpack: 1 magic byte, a fixmap header (<= 15 entries), and
+    # per string an old-spec header (never str8, §8) plus its UTF-8 bytes.
+    expected = 1 + 1
+    for text in (*tags, *tags.values()):
+        size = len(text.encode("utf-8", "surrogateescape"))
+        expected += _str_header(size) + size
+    assert encoded_tags_size(tags) == expected
+
+
+@pytest.mark.parametrize(
+    ("tags", "size"),
+    [
+        pytest.param({}, 2, id="empty: magic + 0x80"),
+        pytest.param({"role": "db"}, 10, id="fixraw: 1+1 + (1+4) + (1+2)"),
+        pytest.param({"k": "v" * 31}, 36, id="31 bytes still fixraw"),
+        pytest.param({"k": "v" * 32}, 39, id="32 bytes take raw16 (da 00 20), not str8"),
+        pytest.param({"k": "é" * 16}, 39, id="16 two-byte chars are 32 bytes"),
+        pytest.param({"k": "v" * 65536}, 2 + 2 + 5 + 65536, id="raw32 past 65535"),
+        # The edge the live agent accepts in test_rpc_client (512 taken, 513 refused).
+        pytest.param({"role": "db", "big": "x" * 495}, 512, id="agent-edge-accepted"),
+        pytest.param({"role": "db", "big": "x" * 496}, 513, id="agent-edge-refused"),
+    ],
+)
+def test_budget_of_known_tag_sets(tags: dict[str, str], size: int) -> None:
+    assert encoded_tags_size(tags) == size

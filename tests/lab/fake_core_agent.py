@@ -285,6 +285,10 @@ class FakeCoreAgent:
 
     close = kill
 
+    def open_streams(self) -> int:
+        """Subscriptions (streams and monitors) the agent serves right now."""
+        return sum(len(session.streams) for session in self._sessions)
+
     def _streams(self, event: str, name: str) -> Iterator[tuple[_Session, int]]:
         for session in list(self._sessions):
             for seq, event_filter in list(session.streams.items()):
