@@ -1,7 +1,8 @@
-"""Unit tests for ``rpc.client.Stream``'s buffer: no agent, no socket.
+"""Unit tests for ``rpc.stream.Stream``'s buffer: no agent, no socket.
 
-``_FakeHub`` is a FAKE of the client's internal stream hub, standing in only for the
-``stop`` call; the stream's buffer is what is under test.
+``_FakeHub`` is a FAKE of the client's stream hub (``rpc.hub``), standing in only for the
+``stop`` call; the stream's buffer is what is under test. The same stop with a full
+buffer, end to end through a fake agent: ``test_rpc_client_fake``.
 """
 
 from __future__ import annotations

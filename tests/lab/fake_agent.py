@@ -1,8 +1,9 @@
 """A FAKE serf agent: it speaks the RPC handshake and then answers ``members`` huge.
 
 The real agent cannot produce this fault (issue 13, point 6: a reply with a million
-members): whoever holds the RPC port can. Only for that test and its figures; every other
-test talks to real agents (``serfagents``). It serves ``handshake``, ``auth`` (any key),
+members): whoever holds the RPC port can. Only for that test and its figures, over real
+TCP; the client's own tests use the in-memory ``fake_core_agent``, and the rest talk to
+real agents (``serfagents``). It serves ``handshake``, ``auth`` (any key),
 ``stats`` (a tiny, valid reply), ``stream``/``monitor`` (an ack, then silence) and
 ``members``, whose reply announces ``members`` entries and streams them, shaped as the
 real agent shapes them (``reference/serf-rpc.md`` §3), so the client can only stop it by
@@ -22,6 +23,7 @@ from typing import Any
 
 import msgpack  # type: ignore[import-untyped,unused-ignore]
 
+from tests.lab.fake_core_agent import encode_reply
 from tests.lab.serfagents import HOST, free_port
 
 _CHUNK = 2000  # members per write
@@ -101,7 +103,7 @@ class FakeAgent:
 
     def _answer(self, conn: socket.socket, command: str, seq: int) -> None:
         self.requests.append(command)
-        header: bytes = msgpack.packb({"Error": "", "Seq": seq})
+        header = encode_reply(seq)
         if command not in _BODY_COMMANDS:
             self._send(conn, header)  # handshake, auth, stream ack, ...
         elif command == "stats":

@@ -271,7 +271,7 @@ class FakeCoreAgent:
         return client_end
 
     def client(self, **kwargs: Any) -> SerfClient:
-        return SerfClient(f"127.0.0.1:{7373}", connect=self.connect, **kwargs)
+        return SerfClient("127.0.0.1:7373", connect=self.connect, **kwargs)
 
     def kill(self) -> None:
         """Drop every connection and refuse new ones until ``restart``."""
