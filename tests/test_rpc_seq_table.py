@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from serfbridge.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from serfbridge.rpc import protocol
 from serfbridge.rpc.protocol import (
     Connection,
     Expectation,
@@ -220,3 +223,42 @@ def test_both_stay_protocol_errors_for_existing_handlers() -> None:
     assert issubclass(LocalProtocolError, ProtocolError)
     assert issubclass(RemoteProtocolError, ProtocolError)
     assert not issubclass(LocalProtocolError, RemoteProtocolError)
+
+
+# --- the table against a model of it --------------------------------------------------------
+
+_OPS = st.lists(
+    st.tuples(st.sampled_from(["open", "stop", "late-record"]), st.integers(0, 1000)),
+    max_size=60,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops=_OPS, limit=st.integers(1, 4), spent=st.integers(1, 3))
+def test_the_table_holds_exactly_the_open_and_the_recently_stopped(ops, limit, spent) -> None:
+    # Small limits so a short run hits both ends: the eviction and a spent drain.
+    model_open: list[int] = []
+    model_draining: dict[int, int] = {}  # seq -> records left, in stop order
+    conn = ready()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(protocol, "MAX_DRAINING", limit)
+        patch.setattr(protocol, "DRAIN_RECORDS", spent)
+        for op, pick in ops:
+            if op == "open":
+                model_open.append(open_stream(conn))
+            elif op == "stop" and model_open:
+                seq = model_open.pop(pick % len(model_open))
+                stop(conn, seq)
+                model_draining[seq] = spent
+                for old in list(model_draining)[: max(0, len(model_draining) - limit)]:
+                    del model_draining[old]
+            elif op == "late-record" and model_draining:
+                seq = list(model_draining)[pick % len(model_draining)]
+                conn.receive_data(record(seq))
+                assert conn.next_events() == []
+                model_draining[seq] -= 1
+                if not model_draining[seq]:
+                    del model_draining[seq]
+            assert conn.outstanding == len(model_open) + len(model_draining)
+            assert all(conn.is_stream(s) for s in model_open)
+            assert all(conn.maybe_expectation(s) is not None for s in model_draining)
