@@ -14,52 +14,33 @@ The one brain of the publish direction; the daemon and ``sync --dry-run`` call
 * ownership: our entries carry ``t=k8s=<cluster>/<ns>/<svc>/<port>`` and ``e=<cluster>``;
   foreign entries (Cloudy's own, other clusters') are kept untouched, in their order.
 
-Pure: data in, a plan out. No I/O, no logging.
+Pure: data in, a plan out. No I/O, no logging, no clock. Must not import ``config`` or
+``plan_labels``: members are matched to Nodes by ``matching``, the budget is counted by
+``rpc.budget`` (through ``placement`` and ``cloudy``), the selector parsed by ``selector``.
 """
 
 from __future__ import annotations
 
 import functools
-import json
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from serfbridge import cloudy, placement
+from serfbridge import cloudy, matching, placement
 from serfbridge.cloudy import Entry, TagChange
-from serfbridge.errors import ConfigError, SerfBridgeError, ServicesDecodeError
+from serfbridge.errors import SerfBridgeError, ServicesDecodeError
 from serfbridge.kubemodels import NodeInfo, ServiceInfo, ServicePort, SliceInfo
 from serfbridge.placement import NodeRoom, Want
-from serfbridge.plan_labels import K8S_TAG, LabelSettings, match_members
-from serfbridge.rpc.budget import DEFAULT_TAG_LIMIT, encoded_tags_size, merged_tags
+from serfbridge.plan_settings import PlanSettings
+from serfbridge.plan_tags import desired_base_tags
+from serfbridge.rpc.budget import encoded_tags_size, merged_tags
 from serfbridge.rpc.models import Member
+from serfbridge.selector import selector_matches
 
 ELIGIBLE_TYPES = ("NodePort", "LoadBalancer")
-#: Tags a Node's ``P/set-tags`` may never set: they are ours or Cloudy's.
-RESERVED_TAGS = (cloudy.SERVICES_TAG, K8S_TAG)
 
 
-@dataclass(frozen=True)
-class PublishSettings:
-    self_node: str
-    cluster: str = "default"
-    prefix: str = "serfbridge.io"
-    self_member: str | None = None
-    namespaces: frozenset[str] = frozenset()  # empty = all
-    exclude_namespaces: frozenset[str] = frozenset()
-    selector: str = ""  # label selector: k=v, k!=v, k, !k (comma-separated)
-    publish_default: bool = True
-    replicas: int = 2
-    cloud_name: str = "guifi"
-    tag_limit: int = DEFAULT_TAG_LIMIT
-
-    def __post_init__(self) -> None:
-        parse_selector(self.selector)
-        if self.replicas < 1:
-            raise ConfigError(f"--replicas must be at least 1, got {self.replicas}")
-
-    def key(self, name: str) -> str:
-        return f"{self.prefix}/{name}"
+#: The planner's input (``plan_settings``), under the name this module always used.
+PublishSettings = PlanSettings
 
 
 @dataclass(frozen=True)
@@ -87,32 +68,6 @@ class PublishPlan:
 
 
 # --- selection ----------------------------------------------------------------------------
-
-
-_SELECTOR_TERM = re.compile(r"\s*(!?)([A-Za-z0-9./_-]+)\s*(?:(==|=|!=)\s*([A-Za-z0-9._-]*))?\s*")
-
-
-def parse_selector(selector: str) -> list[tuple[str, str, str]]:
-    """``k=v,k!=v,k,!k`` -> [(op, key, value)]; ConfigError for anything else."""
-    terms = []
-    for raw in filter(None, (t.strip() for t in selector.split(","))):
-        match = _SELECTOR_TERM.fullmatch(raw)
-        if match is None or (match[1] and match[3]):
-            raise ConfigError(f"unsupported label selector term {raw!r} (use k=v, k!=v, k, !k)")
-        bang, key, op, value = match.groups()
-        terms.append(
-            ("!" if bang else (op.replace("==", "=") if op else "exists"), key, value or "")
-        )
-    return terms
-
-
-def selector_matches(labels: Mapping[str, str], selector: str) -> bool:
-    for op, key, value in parse_selector(selector):
-        if (op == "=" and labels.get(key) != value) or (op == "!=" and labels.get(key) == value):
-            return False
-        if (op == "exists" and key not in labels) or (op == "!" and key in labels):
-            return False
-    return True
 
 
 def maybe_skip_reason(svc: ServiceInfo, settings: PublishSettings) -> str | None:
@@ -153,22 +108,16 @@ def eligible_nodes(
     nodes: Mapping[str, NodeInfo], members: Sequence[Member], settings: PublishSettings
 ) -> dict[str, Member]:
     """Ready Nodes whose matched member of this cluster is alive, with that member."""
-    label_settings = LabelSettings(
-        self_node=settings.self_node,
-        cluster=settings.cluster,
-        prefix=settings.prefix,
-        self_member=settings.self_member,
-    )
-    matched = match_members(members, nodes, label_settings)
+    matched = matching.match_members(members, nodes, settings)
     return {n: m for n, m in sorted(matched.items()) if m.status == "alive" and nodes[n].ready}
 
 
 def local_endpoint_nodes(svc: ServiceInfo, slices: Mapping[str, SliceInfo]) -> set[str]:
-    return {
-        ep.node_name for s in slices.values()
-        if s.namespace == svc.namespace and s.service_name == svc.name
-        for ep in s.endpoints if ep.ready and ep.node_name
-    }  # fmt: skip
+    """Nodes with a ready endpoint of ``svc`` (``externalTrafficPolicy: Local``)."""
+    mine = (
+        s for s in slices.values() if (s.namespace, s.service_name) == (svc.namespace, svc.name)
+    )
+    return {ep.node_name for s in mine for ep in s.endpoints if ep.ready and ep.node_name}
 
 
 def wanted_ports(
@@ -279,9 +228,14 @@ def _made_entry(
     """``cloudy.make_entry`` kept by value (it sanitizes every field: the bulk of a pass
     over many unchanged Services). Invalid input raises, and is not kept."""
     return cloudy.make_entry(
-        description=description, type=type, port=port, host=host, ip=ip,
-        microcloud=microcloud, txt=txt,
-    )  # fmt: skip
+        description=description,
+        type=type,
+        port=port,
+        host=host,
+        ip=ip,
+        microcloud=microcloud,
+        txt=txt,
+    )
 
 
 def _maybe_report(
@@ -321,48 +275,7 @@ def node_rooms(
     return rooms
 
 
-# --- the agent's tag set ------------------------------------------------------------------
-
-
-def desired_base_tags(
-    current: Mapping[str, str],
-    node: NodeInfo | None,
-    settings: PublishSettings,
-    *,
-    node_name: str | None = None,
-) -> tuple[dict[str, str], tuple[str, ...], list[str]]:
-    """Current tags with ``k8s`` and the Node's ``P/set-tags`` applied (services untouched).
-
-    Returns the tags, the keys now owned through ``P/set-tags``, and problems.
-    """
-    problems: list[str] = []
-    wanted: dict[str, str] = {}
-    annotations = node.annotations if node is not None else {}
-    raw = annotations.get(settings.key("set-tags"))
-    if raw:
-        try:
-            parsed = json.loads(raw)
-            if not isinstance(parsed, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in parsed.items()
-            ):
-                raise ValueError("not a JSON object of strings")
-            wanted = {k: v for k, v in parsed.items() if k not in RESERVED_TAGS}
-            problems += [
-                f"{settings.key('set-tags')}: {k!r} is reserved"
-                for k in parsed
-                if k in RESERVED_TAGS
-            ]
-        except ValueError as exc:
-            problems.append(f"{settings.key('set-tags')} ignored: {exc}")
-            wanted = {}
-    previously = {k for k in annotations.get(settings.key("owned-tags"), "").split(",") if k}
-    stale = [k for k in previously - set(wanted) if k not in RESERVED_TAGS]
-    tags = merged_tags(
-        current,
-        set_tags={**wanted, K8S_TAG: f"{settings.cluster}/{node_name or settings.self_node}"},
-        delete=stale,
-    )
-    return tags, tuple(sorted(wanted)), problems
+# --- the plan ------------------------------------------------------------------------------
 
 
 def plan_publish(

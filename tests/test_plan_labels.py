@@ -11,13 +11,14 @@ from hypothesis import strategies as st
 
 from serfbridge import rendezvous
 from serfbridge.errors import ConfigError
+from serfbridge.failure_hold import FailureHold
 from serfbridge.kubemodels import NodeInfo
+from serfbridge.matching import match_members
 from serfbridge.plan_labels import (
     LabelSettings,
     desired_metadata,
     is_label_name,
     is_label_value,
-    match_members,
     plan_labels,
 )
 from serfbridge.rpc.models import Member
@@ -375,7 +376,8 @@ def test_a_member_recorded_on_its_node_is_recognised_by_other_bridges() -> None:
 def test_a_recent_failure_is_held_back_until_it_settles() -> None:
     members = cluster_members(k3="failed")
     writer = rendezvous.rank("k3", ["k1", "k2"])[0]
-    held = plan_labels(members, NODES, cfg(writer), unsettled={"serf-k3"})
+    hold = FailureHold(5.0, now=100.0, first_seen={"serf-k3": 98.0})  # failed 2 s ago
+    held = plan_labels(members, NODES, cfg(writer), hold=hold)
     assert all(p.node != "k3" for p in held.patches)
     assert any("failed recently" in note for note in held.notes)
     settled = plan_labels(members, NODES, cfg(writer))
