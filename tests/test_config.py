@@ -152,8 +152,9 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Recorder]]:
     yield Recorder.seen
 
 
-def run_settings(runner: CliRunner, recorded: list[Recorder], args: list[str],
-                 env: dict[str, str] | None = None) -> Recorder:  # fmt: skip
+def run_settings(
+    runner: CliRunner, recorded: list[Recorder], args: list[str], env: dict[str, str] | None = None
+) -> Recorder:
     result = runner.invoke(cli, args, env=env or {}, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return recorded[-1]
@@ -162,8 +163,10 @@ def run_settings(runner: CliRunner, recorded: list[Recorder], args: list[str],
 def test_precedence_flags_env_file_default_for_run(
     runner: CliRunner, recorded: list[Recorder], tmp_path: Path
 ) -> None:
-    path = write(tmp_path, "SERFBRIDGE_RESYNC=30\nSERFBRIDGE_DEBOUNCE=0.5\ncluster-name=file\n"
-                 "SERFBRIDGE_REPLICAS=4\n")  # fmt: skip
+    path = write(
+        tmp_path,
+        "SERFBRIDGE_RESYNC=30\nSERFBRIDGE_DEBOUNCE=0.5\ncluster-name=file\nSERFBRIDGE_REPLICAS=4\n",
+    )
     env = {"SERFBRIDGE_RESYNC": "20", "SERFBRIDGE_CLUSTER": "env"}
     r = run_settings(runner, recorded, ["--config", path, "run", "--resync", "10"], env)
     s = r.settings
@@ -237,11 +240,19 @@ def test_key_sources_through_the_cli(
     env = {"CREDENTIALS_DIRECTORY": str(creds)}
     r = run_settings(runner, recorded, ["--config", write(tmp_path, ""), "run"], env)
     assert r.settings.rpc_auth == "from-credential"
-    r = run_settings(runner, recorded, ["--config", str(tmp_path / "config"),
-                                        "--rpc-auth-file", key_file, "run"], env)  # fmt: skip
+    r = run_settings(
+        runner,
+        recorded,
+        ["--config", str(tmp_path / "config"), "--rpc-auth-file", key_file, "run"],
+        env,
+    )
     assert r.settings.rpc_auth == "from-file"
-    r = run_settings(runner, recorded, ["--config", str(tmp_path / "config"), "run"],
-                     {**env, "SERF_RPC_AUTH": "from-env"})  # fmt: skip
+    r = run_settings(
+        runner,
+        recorded,
+        ["--config", str(tmp_path / "config"), "run"],
+        {**env, "SERF_RPC_AUTH": "from-env"},
+    )
     assert r.settings.rpc_auth == "from-env"
 
 

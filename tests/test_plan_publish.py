@@ -317,9 +317,13 @@ def test_event_reporter_names_the_node_and_reports_once_per_reason() -> None:
     assert reporter.report(kube, view, left) == 1
     assert reporter.report(kube, view, left) == 0  # same reason: no second Event
     assert kube.sent == [
-        ("a", "a", "NotPublished", "not published on node k2 (ports 80, 81): budget exceeded: "
-         "limit 512")
-    ]  # fmt: skip
+        (
+            "a",
+            "a",
+            "NotPublished",
+            "not published on node k2 (ports 80, 81): budget exceeded: limit 512",
+        )
+    ]
 
 
 def test_event_reporter_retries_failures_and_reports_again_after_a_gap() -> None:
