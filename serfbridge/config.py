@@ -10,7 +10,13 @@ UTF-8 (``read_text``), and kubeconfig files are size-checked before the Kubernet
 client reads them whole. The RPC auth key is stripped and never appears in a ``repr``,
 a log line or an error message; errors about the file give its line number, not values.
 
-Must not: talk to Serf or Kubernetes.
+The planners never see ``Settings``: ``plan_settings`` maps it, once, onto the
+``PlanSettings`` they take (``label_settings`` and ``publish_settings`` are that same
+method under the names ``bridge`` and the CLI call). Defaults shared with other modules
+come from ``defaults``.
+
+Must not: talk to Serf or Kubernetes, or import a planner (``setup.cfg``'s
+``config-is-low`` contract).
 """
 
 from __future__ import annotations

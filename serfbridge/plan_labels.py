@@ -196,51 +196,80 @@ def plan_labels(
     settled = settle(members, hold if hold is not None else FailureHold.one_shot(0.0))
     held = settled.unsettled | set(unsettled)
     found = matching.match_for(members, nodes, settings)
-    matched = found.members()
-    alive = sorted(n for n, m in matched.items() if m.status == "alive")
-    writers = [n for n in alive if _recorded_itself(n, found.bindings[n], nodes, settings)]
-    # A member that left said goodbye: it is no sign of a partition, so it does not count.
-    present = [n for n, m in matched.items() if m.status != "left"]
-    guarded = 2 * len(alive) <= len(present)
-    notes: list[str] = []
     skipped: Counter[str] = Counter()
-    if found.unverified:
-        skipped[UNVERIFIED] = len(found.unverified)
-        shown = ", ".join(repr(n) for n in found.unverified[:3])
-        more = f" and {len(found.unverified) - 3} more" if len(found.unverified) > 3 else ""
-        notes.append(f"ignored unverifiable k8s claims of members {shown}{more}")
-    if guarded and matched:
-        # In a minority (or a tie): no membership writes at all, not even our own Node.
-        notes.insert(
-            0,
-            f"partition guard: {len(alive)}/{len(present)} Nodes alive; "
-            "this bridge is not in a majority and writes no labels",
-        )
-        return LabelPlan((), dict(skipped), tuple(notes), settled.hold, settled.recheck_at)
+    notes = _unverified_notes(found, skipped)
+    guard = _maybe_partition_guard(found.members())
+    if guard is not None:
+        return LabelPlan((), dict(skipped), (guard, *notes), settled.hold, settled.recheck_at)
+    writers = _writers(found, nodes, settings)
     patches = []
     for name in sorted(nodes):
         binding = found.bindings.get(name)
-        member = binding.member if binding is not None else None
-        if member is not None and member.name in held:
-            notes.append(f"{name}: member {member.name} failed recently; waiting to be sure")
-            continue
-        current = nodes[name].labels.get(settings.key("serf-status"))
-        verdict = current if current in _VERDICTS else None
-        reason = _why_we_write(name, binding, writers, settings, verdict)
-        if reason is None:
-            continue
-        if binding is None:
-            labels: dict[str, str] = {}
-            annotations: dict[str, str] = {}
-        else:
-            labels, annotations = desired_metadata(
-                binding.member, settings, skipped, recorded_by=binding.recorded_by
+        if binding is not None and binding.member.name in held:
+            notes.append(
+                f"{name}: member {binding.member.name} failed recently; waiting to be sure"
             )
-        label_patch, ann_patch = diff_metadata(nodes[name], labels, annotations, settings)
-        patch = NodePatch(name, label_patch, ann_patch, reason)
-        if not patch.empty:
+            continue
+        patch = _maybe_patch(name, binding, nodes[name], writers, settings, skipped)
+        if patch is not None:
             patches.append(patch)
     return LabelPlan(tuple(patches), dict(skipped), tuple(notes), settled.hold, settled.recheck_at)
+
+
+def _unverified_notes(found: matching.Match, skipped: Counter[str]) -> list[str]:
+    """The k8s claims ``matching`` could not verify: counted, and named in one note."""
+    if not found.unverified:
+        return []
+    skipped[UNVERIFIED] = len(found.unverified)
+    shown = ", ".join(repr(n) for n in found.unverified[:3])
+    more = f" and {len(found.unverified) - 3} more" if len(found.unverified) > 3 else ""
+    return [f"ignored unverifiable k8s claims of members {shown}{more}"]
+
+
+def _maybe_partition_guard(matched: Mapping[str, Member]) -> str | None:
+    """Why this bridge writes nothing at all (a minority, or a tie), or None."""
+    alive = [n for n, m in matched.items() if m.status == "alive"]
+    # A member that left said goodbye: it is no sign of a partition, so it does not count.
+    present = [n for n, m in matched.items() if m.status != "left"]
+    if not matched or 2 * len(alive) > len(present):
+        return None
+    return (
+        f"partition guard: {len(alive)}/{len(present)} Nodes alive; "
+        "this bridge is not in a majority and writes no labels"
+    )
+
+
+def _writers(
+    found: matching.Match, nodes: Mapping[str, NodeInfo], settings: LabelSettings
+) -> list[str]:
+    """The Nodes whose own bridge is alive and recorded itself: who may write for others."""
+    alive = sorted(n for n, b in found.bindings.items() if b.member.status == "alive")
+    return [n for n in alive if _recorded_itself(n, found.bindings[n], nodes, settings)]
+
+
+def _maybe_patch(
+    name: str,
+    binding: matching.Binding | None,
+    node: NodeInfo,
+    writers: Sequence[str],
+    settings: LabelSettings,
+    skipped: Counter[str],
+) -> NodePatch | None:
+    """The patch this bridge makes on ``name``, or None (not its to write, or no change)."""
+    current = node.labels.get(settings.key("serf-status"))
+    verdict = current if current in _VERDICTS else None
+    reason = _why_we_write(name, binding, writers, settings, verdict)
+    if reason is None:
+        return None
+    labels: dict[str, str] = {}
+    annotations: dict[str, str] = {}
+    if binding is not None:
+        labels, annotations = desired_metadata(
+            binding.member, settings, skipped, recorded_by=binding.recorded_by
+        )
+    label_patch, ann_patch = diff_metadata(node, labels, annotations, settings)
+    patch = NodePatch(name, label_patch, ann_patch, reason)
+    return None if patch.empty else patch
 
 
 def _recorded_itself(

@@ -14,9 +14,14 @@ The one brain of the publish direction; the daemon and ``sync --dry-run`` call
 * ownership: our entries carry ``t=k8s=<cluster>/<ns>/<svc>/<port>`` and ``e=<cluster>``;
   foreign entries (Cloudy's own, other clusters') are kept untouched, in their order.
 
+The steps, each in its own module and each entered once per pass, top-down:
+``plan_tags`` (the agent's other tags), ``matching`` (the eligible nodes' members),
+``plan_select`` (which Services, with their annotations), ``cloudy`` (each port's entry),
+``placement`` (which nodes carry it, as ``rpc.budget`` counts each node's room), and
+``cloudy.plan_services_tag`` (the one ``tags`` request, checked against the budget).
+
 Pure: data in, a plan out. No I/O, no logging, no clock. Must not import ``config`` or
-``plan_labels``: members are matched to Nodes by ``matching``, the budget is counted by
-``rpc.budget`` (through ``placement`` and ``cloudy``), the selector parsed by ``selector``.
+``plan_labels``.
 """
 
 from __future__ import annotations
@@ -30,14 +35,16 @@ from serfbridge.cloudy import Entry, TagChange
 from serfbridge.errors import SerfBridgeError, ServicesDecodeError
 from serfbridge.kubemodels import NodeInfo, ServiceInfo, ServicePort, SliceInfo
 from serfbridge.placement import NodeRoom, Want
+from serfbridge.plan_select import (
+    ELIGIBLE_TYPES,
+    int_annotation,
+    local_endpoint_nodes,
+    maybe_skip_reason,
+)
 from serfbridge.plan_settings import PlanSettings
 from serfbridge.plan_tags import desired_base_tags
 from serfbridge.rpc.budget import encoded_tags_size, merged_tags
 from serfbridge.rpc.models import Member
-from serfbridge.selector import selector_matches
-
-ELIGIBLE_TYPES = ("NodePort", "LoadBalancer")
-
 
 #: The planner's input (``plan_settings``), under the name this module always used.
 PublishSettings = PlanSettings
@@ -67,40 +74,6 @@ class PublishPlan:
         return encoded_tags_size(self.tags)
 
 
-# --- selection ----------------------------------------------------------------------------
-
-
-def maybe_skip_reason(svc: ServiceInfo, settings: PublishSettings) -> str | None:
-    """Why ``svc`` is not published at all, or None when it is eligible."""
-    if svc.type not in ELIGIBLE_TYPES:
-        return f"type {svc.type} is never published"
-    if settings.namespaces and svc.namespace not in settings.namespaces:
-        return "namespace not allowed"
-    if svc.namespace in settings.exclude_namespaces:
-        return "namespace excluded"
-    if not selector_matches(svc.labels, settings.selector):
-        return "label selector does not match"
-    opt = svc.annotations.get(settings.key("publish"), "").strip().lower()
-    if opt not in ("", "true", "false"):
-        return f"{settings.key('publish')} must be true or false, got {opt!r}"
-    if not (opt == "true" or (opt == "" and settings.publish_default)):
-        return "not opted in"
-    if not svc.ports:
-        return "no ports"
-    return None
-
-
-def _int_annotation(svc: ServiceInfo, key: str, default: int, problems: list[str]) -> int:
-    raw = svc.annotations.get(key)
-    if raw is None:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        problems.append(f"{svc.namespace}/{svc.name}: {key} must be an integer, got {raw!r}")
-        return default
-
-
 # --- placement ----------------------------------------------------------------------------
 
 
@@ -110,14 +83,6 @@ def eligible_nodes(
     """Ready Nodes whose matched member of this cluster is alive, with that member."""
     matched = matching.match_members(members, nodes, settings)
     return {n: m for n, m in sorted(matched.items()) if m.status == "alive" and nodes[n].ready}
-
-
-def local_endpoint_nodes(svc: ServiceInfo, slices: Mapping[str, SliceInfo]) -> set[str]:
-    """Nodes with a ready endpoint of ``svc`` (``externalTrafficPolicy: Local``)."""
-    mine = (
-        s for s in slices.values() if (s.namespace, s.service_name) == (svc.namespace, svc.name)
-    )
-    return {ep.node_name for s in mine for ep in s.endpoints if ep.ready and ep.node_name}
 
 
 def wanted_ports(
@@ -137,37 +102,51 @@ def wanted_ports(
     problems: list[str] = []
     for svc in sorted(services.values(), key=lambda s: (s.namespace, s.name)):
         reason = maybe_skip_reason(svc, settings)
-        if reason is not None:
-            if svc.type in ELIGIBLE_TYPES and reason == "no ports":
-                _maybe_report(left, svc, "", reason, list(pool), settings)
-            continue
-        nodes = list(pool)
-        if svc.external_traffic_policy == "Local":
-            local = local_endpoint_nodes(svc, slices)
-            nodes = [n for n in nodes if n in local]
-        replicas = max(
-            1, _int_annotation(svc, settings.key("replicas"), settings.replicas, problems)
-        )
-        priority = _int_annotation(svc, settings.key("priority"), 0, problems)
-        seen: set[tuple[str, str]] = set()
-        for port in svc.ports:
-            template = _template(svc, port, settings, left, list(pool))
-            if template is None or template.key in seen:  # e.g. one port over TCP and UDP
-                continue
-            seen.add(template.key)
-            wants.append(
-                Want(
-                    key=f"{settings.cluster}/{svc.namespace}/{svc.name}/{port.port}",
-                    namespace=svc.namespace,
-                    service=svc.name,
-                    port=str(port.port),
-                    priority=priority,
-                    replicas=replicas,
-                    pool=tuple(nodes),
-                    entry_for=_entry_maker(template, pool, settings, fixed_ip=bool(template.ip)),
-                )
+        if reason is None:
+            wants += _service_wants(
+                svc, slices, pool, settings=settings, left=left, problems=problems
             )
+        elif svc.type in ELIGIBLE_TYPES and reason == "no ports":
+            _maybe_report(left, svc, "", reason, list(pool), settings)
     return wants, left, problems
+
+
+def _service_wants(
+    svc: ServiceInfo,
+    slices: Mapping[str, SliceInfo],
+    pool: Mapping[str, Member],
+    *,
+    settings: PublishSettings,
+    left: list[LeftOut],
+    problems: list[str],
+) -> list[Want]:
+    """One eligible Service's ports to place, one ``Want`` per distinct entry key."""
+    nodes = list(pool)
+    if svc.external_traffic_policy == "Local":
+        local = local_endpoint_nodes(svc, slices)
+        nodes = [n for n in nodes if n in local]
+    replicas = max(1, int_annotation(svc, settings.key("replicas"), settings.replicas, problems))
+    priority = int_annotation(svc, settings.key("priority"), 0, problems)
+    wants: list[Want] = []
+    seen: set[tuple[str, str]] = set()
+    for port in svc.ports:
+        template = _template(svc, port, settings, left, list(pool))
+        if template is None or template.key in seen:  # e.g. one port over TCP and UDP
+            continue
+        seen.add(template.key)
+        wants.append(
+            Want(
+                key=f"{settings.cluster}/{svc.namespace}/{svc.name}/{port.port}",
+                namespace=svc.namespace,
+                service=svc.name,
+                port=str(port.port),
+                priority=priority,
+                replicas=replicas,
+                pool=tuple(nodes),
+                entry_for=_entry_maker(template, pool, settings, fixed_ip=bool(template.ip)),
+            )
+        )
+    return wants
 
 
 def _template(
