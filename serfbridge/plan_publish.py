@@ -14,11 +14,12 @@ The one brain of the publish direction; the daemon and ``sync --dry-run`` call
 * ownership: our entries carry ``t=k8s=<cluster>/<ns>/<svc>/<port>`` and ``e=<cluster>``;
   foreign entries (Cloudy's own, other clusters') are kept untouched, in their order.
 
-The steps, each in its own module and each entered once per pass, top-down:
-``plan_tags`` (the agent's other tags), ``matching`` (the eligible nodes' members),
-``plan_select`` (which Services, with their annotations), ``cloudy`` (each port's entry),
-``placement`` (which nodes carry it, as ``rpc.budget`` counts each node's room), and
-``cloudy.plan_services_tag`` (the one ``tags`` request, checked against the budget).
+The steps, in the order ``plan_publish`` takes them, each in its own module: ``cloudy``
+decodes the current ``services`` lists, ``plan_tags`` sets the agent's other tags,
+``matching`` gives the eligible nodes' members, ``plan_select`` picks the Services and
+reads their annotations, ``cloudy.make_entry`` builds each port's entry, ``placement``
+chooses the nodes (``rpc.budget`` says what fits), and ``cloudy.plan_services_tag`` makes
+the one ``tags`` request (checked against the budget again, as the agent will count it).
 
 Pure: data in, a plan out. No I/O, no logging, no clock. Must not import ``config`` or
 ``plan_labels``.
