@@ -6,6 +6,7 @@ Unit tests: no agents, no apiserver. The daemon is replaced by a recorder so tha
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -309,3 +310,42 @@ def test_version() -> None:
     result = CliRunner().invoke(cli, ["--version"])
     assert result.exit_code == 0
     assert result.output.strip() == f"serfbridge, version {__version__}"
+
+
+#: PlanSettings field -> the Settings field it is read from, where the names differ.
+_PLAN_NAMES = {"self_node": "node_name", "prefix": "label_prefix"}
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        pytest.param({}, id="defaults"),
+        pytest.param(
+            {
+                "node_name": "k7",
+                "cluster": "lab",
+                "label_prefix": "x.example",
+                "tag_allow": "role",
+                "namespaces": frozenset({"a"}),
+                "exclude_namespaces": frozenset({"b"}),
+                "selector": "app=web",
+                "publish_default": False,
+                "replicas": 3,
+                "cloud_name": "mesh",
+                "tag_limit": 2048,
+            },
+            id="every-planner-setting-changed",
+        ),
+    ],
+)
+def test_the_planners_get_every_setting_they_need_from_one_mapping(values: dict) -> None:
+    settings = Settings(**{"node_name": "k1", **values})
+    planned = settings.plan_settings("serf-k1")
+    for field in dataclasses.fields(planned):
+        if field.name == "self_member":
+            assert planned.self_member == "serf-k1"
+            continue
+        source = _PLAN_NAMES.get(field.name, field.name)
+        assert getattr(planned, field.name) == getattr(settings, source), field.name
+    # Both directions plan from the same value: no second settings type to drift apart.
+    assert settings.label_settings("serf-k1") == settings.publish_settings("serf-k1") == planned
