@@ -21,7 +21,7 @@ DEBS    += debootstrap systemd-container
 DEBS    += iproute2 iptables
 BOOT_TESTS ?= tests/test_systemd_boot.py
 
-.PHONY: install dev deps kube-apiserver lint fmt test test-wheel test-unit test-docker bench demo docs clean deb test-deb
+.PHONY: install dev deps kube-apiserver lint import-graph fmt test test-wheel test-unit test-docker bench demo docs clean deb test-deb
 
 install: $(VENV)/.installed
 dev: install
@@ -52,9 +52,16 @@ fmt: install
 	$(VENV)/bin/ruff format serfbridge tests bench
 	$(VENV)/bin/ruff check --fix serfbridge tests bench
 
+# The import contracts ([importlinter] in setup.cfg) run last: ruff and mypy say what is
+# wrong inside a module, lint-imports what is wrong between them.
 lint: install
 	$(VENV)/bin/ruff check serfbridge tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
+
+# Every module and what it imports (grimp, as the contracts see it); fails on a cycle.
+import-graph: install
+	$(PY) .ci/import-graph
 
 # A fresh venv every time; `rm -rf build` so no stale module from an older tree gets in.
 test-wheel:

@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 
-from serfbridge import cloudy
+from serfbridge import cloudy_codec
 from serfbridge.cloudy import SERVICES_TAG, Entry, encode_services
 from serfbridge.kubemodels import NodeInfo, ServiceInfo, ServicePort
 from serfbridge.plan_publish import PublishSettings, plan_publish
@@ -188,9 +188,9 @@ def figure_4() -> None:
                      current_tags={}, settings=settings)  # fmt: skip
         return time.perf_counter() - start
 
-    cloudy._CACHE.clear()
+    cloudy_codec._CACHE.clear()
     plain_first, plain_steady = one_pass(PLAIN), one_pass(PLAIN)
-    cloudy._CACHE.clear()
+    cloudy_codec._CACHE.clear()
     bomb_first, bomb_steady = one_pass(BOMB), one_pass(BOMB)
     print(f"4. plan_publish, bombs on 2 of 3 eligible members, 20 Services: first pass "
           f"{bomb_first * 1000:.1f} ms, steady {bomb_steady * 1000:.1f} ms  |  plain lists: "

@@ -3,7 +3,7 @@
 Issue 6's benchmark, one run:
 
 * latency: from POSTing a NodePort Service to its entry being decoded (``decode_members``)
-  on an agent that does not publish it (placement computed with ``rendezvous.pick``),
+  on an agent that does not publish it (placement computed with ``rendezvous.rank``),
   polled every 10 ms, next to the floor measured in the same run and on the same
   cluster: a direct ``tags`` RPC on one agent until the tag is visible on another;
 * capacity: the most Services published in full (every entry on its ``replicas`` = 2
@@ -249,7 +249,7 @@ def floor_once(w: World, i: int) -> float:
 def service_once(w: World, i: int) -> float:
     """POST a NodePort Service until a non-publishing agent decodes its entry."""
     name = f"lat-{i}"
-    publishers = rendezvous.pick(f"{LAB}/default/{name}/80", w.nodes, REPLICAS)
+    publishers = rendezvous.rank(f"{LAB}/default/{name}/80", w.nodes)[:REPLICAS]
     observer = next(n for n in w.nodes if n not in publishers)
     txt = owner_txt(cluster=LAB, namespace="default", service=name, port=80)
     body = {"metadata": {"name": name, "namespace": "default"},

@@ -3,7 +3,8 @@ a cache bounded by weight.
 
 Callers: ``cloudy.py`` (a peer's ``services`` tag). Generic on purpose: nothing here
 knows avahi-ps. Pure apart from the cache's lock: no I/O, no clock, no logging.
-Errors: ``ValueError`` (bad JSON), with ``NotAList`` and ``TooManyItems`` under it.
+Errors: ``ValueError`` (bad JSON), with ``errors.NotAList`` and ``errors.TooManyItems``
+under it.
 """
 
 from __future__ import annotations
@@ -15,22 +16,12 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from serfbridge.errors import NotAList, TooManyItems
+
 T = TypeVar("T")
 
 _DECODER = json.JSONDecoder()
 _BLANK = re.compile(r"[ \t\n\r]*")
-
-
-class NotAList(ValueError):
-    """Valid JSON, but not a list; ``kind`` names what it is."""
-
-    def __init__(self, kind: str) -> None:
-        super().__init__(f"not a JSON list (got {kind})")
-        self.kind = kind
-
-
-class TooManyItems(ValueError):
-    """The list has more items than allowed; the rest was not parsed."""
 
 
 def json_kind(value: object) -> str:

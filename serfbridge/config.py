@@ -10,7 +10,13 @@ UTF-8 (``read_text``), and kubeconfig files are size-checked before the Kubernet
 client reads them whole. The RPC auth key is stripped and never appears in a ``repr``,
 a log line or an error message; errors about the file give its line number, not values.
 
-Must not: talk to Serf or Kubernetes.
+The planners never see ``Settings``: ``plan_settings`` maps it, once, onto the
+``PlanSettings`` they take (``label_settings`` and ``publish_settings`` are that same
+method under the names ``bridge`` and the CLI call). Defaults shared with other modules
+come from ``defaults``.
+
+Must not: talk to Serf or Kubernetes, or import a planner (``setup.cfg``'s
+``config-is-low`` contract).
 """
 
 from __future__ import annotations
@@ -23,19 +29,10 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from serfbridge import config_rules
+from serfbridge import config_rules, defaults
 from serfbridge.errors import ConfigError
-
-if TYPE_CHECKING:  # the planners load only for the commands that plan
-    from serfbridge.plan_labels import LabelSettings
-    from serfbridge.plan_publish import PublishSettings
-
-#: The default --tag-allow, also plan_labels' (defined here, which must not import the
-#: planners at load time): every tag but
-#: Cloudy's bulky `services` list and our own `k8s`.
-DEFAULT_TAG_ALLOW = r"(?!(services|k8s)$).*"
+from serfbridge.plan_settings import PlanSettings
 
 DEFAULT_CONFIG = "/etc/serfbridge/config"
 #: systemd's LoadCredential=serf-rpc-auth:... lands here when the unit uses it.
@@ -50,17 +47,17 @@ _KEY_SHAPE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
 
 @dataclass(frozen=True)
 class Settings:
-    rpc_addr: str = "127.0.0.1:7373"
+    rpc_addr: str = defaults.RPC_ADDR
     rpc_auth: str | None = field(default=None, repr=False)
     kubeconfig: str | None = None
-    cluster: str = "default"
+    cluster: str = defaults.CLUSTER
     # Lowercased as kubelet does when it names its Node after the host.
     node_name: str = field(default_factory=lambda: socket.gethostname().split(".")[0].lower())
-    label_prefix: str = "serfbridge.io"
+    label_prefix: str = defaults.LABEL_PREFIX
     log_format: str = "text"
     verbose: int = 0
-    http_addr: str = "127.0.0.1:9473"
-    handler_socket: str = "/run/serfbridge/handler.sock"
+    http_addr: str = defaults.HTTP_ADDR
+    handler_socket: str = defaults.HANDLER_SOCKET
     #: Users the local serf agent may run as besides root and our own user: they may use
     #: the handler socket and own the agent's RPC port (``localpeers``).
     agent_users: frozenset[str] = frozenset()
@@ -70,34 +67,23 @@ class Settings:
     debounce: float = 0.2
     max_wait: float = 2.0
     failure_hold: float = 5.0
-    tag_limit: int = 512
-    tag_allow: str = DEFAULT_TAG_ALLOW
-    replicas: int = 2
+    tag_limit: int = defaults.TAG_LIMIT
+    tag_allow: str = defaults.TAG_ALLOW
+    replicas: int = defaults.REPLICAS
     publish_default: bool = True
     namespaces: frozenset[str] = frozenset()
     exclude_namespaces: frozenset[str] = frozenset()
     selector: str = ""
-    cloud_name: str = "guifi"
+    cloud_name: str = defaults.CLOUD_NAME
 
-    def label_settings(self, self_member: str | None) -> LabelSettings:
-        from serfbridge.plan_labels import LabelSettings
-
-        return LabelSettings(
+    def plan_settings(self, self_member: str | None) -> PlanSettings:
+        """What the planners need of these settings: the one mapping from one to the other."""
+        return PlanSettings(
             self_node=self.node_name,
             cluster=self.cluster,
             prefix=self.label_prefix,
+            self_member=self_member,
             tag_allow=self.tag_allow,
-            self_member=self_member,
-        )
-
-    def publish_settings(self, self_member: str | None) -> PublishSettings:
-        from serfbridge.plan_publish import PublishSettings
-
-        return PublishSettings(
-            self_node=self.node_name,
-            cluster=self.cluster,
-            prefix=self.label_prefix,
-            self_member=self_member,
             namespaces=self.namespaces,
             exclude_namespaces=self.exclude_namespaces,
             selector=self.selector,
@@ -107,34 +93,13 @@ class Settings:
             tag_limit=self.tag_limit,
         )
 
+    # The names bridge.py and the CLI call; both directions plan from the same value.
+    label_settings = plan_settings
+    publish_settings = plan_settings
 
-#: Setting name -> environment name. The flag is the setting name with '-' for '_'.
-ENV_NAMES: dict[str, str] = {
-    "rpc_addr": "SERF_RPC_ADDR",
-    "rpc_auth": "SERF_RPC_AUTH",
-    "kubeconfig": "KUBECONFIG",
-    "cluster": "SERFBRIDGE_CLUSTER",
-    "node_name": "SERFBRIDGE_NODE_NAME",
-    "label_prefix": "SERFBRIDGE_LABEL_PREFIX",
-    "log_format": "SERFBRIDGE_LOG_FORMAT",
-    "http_addr": "SERFBRIDGE_HTTP_ADDR",
-    "handler_socket": "SERFBRIDGE_HANDLER_SOCKET",
-    "agent_users": "SERFBRIDGE_AGENT_USER",
-    "to_serf": "SERFBRIDGE_TO_SERF",
-    "to_k8s": "SERFBRIDGE_TO_K8S",
-    "resync": "SERFBRIDGE_RESYNC",
-    "debounce": "SERFBRIDGE_DEBOUNCE",
-    "max_wait": "SERFBRIDGE_MAX_WAIT",
-    "failure_hold": "SERFBRIDGE_FAILURE_HOLD",
-    "tag_limit": "SERFBRIDGE_TAG_LIMIT",
-    "tag_allow": "SERFBRIDGE_TAG_ALLOW",
-    "replicas": "SERFBRIDGE_REPLICAS",
-    "publish_default": "SERFBRIDGE_PUBLISH_DEFAULT",
-    "namespaces": "SERFBRIDGE_NAMESPACES",
-    "exclude_namespaces": "SERFBRIDGE_EXCLUDE_NAMESPACES",
-    "selector": "SERFBRIDGE_SELECTOR",
-    "cloud_name": "SERFBRIDGE_CLOUD_NAME",
-}
+
+#: Setting name -> environment name (the table lives with the rules that name settings).
+ENV_NAMES = config_rules.ENV_NAMES
 _FLAG_ALIASES = {"cluster-name": "cluster"}
 _BY_ENV = {env: name for name, env in ENV_NAMES.items()}
 
@@ -253,11 +218,15 @@ def merge(explicit: Mapping[str, object], file_values: Mapping[str, str]) -> Set
     checked against every setting's rule (``config_rules``)."""
     values: dict[str, object] = {k: convert(k, v) for k, v in file_values.items()}
     values.update({k: v for k, v in explicit.items() if v is not None})
+    auth = values.get("rpc_auth")
+    if isinstance(auth, str):  # stripped here: the rules then check the key as used
+        values["rpc_auth"] = auth.strip() or None
     try:
         settings = Settings(**values)  # type: ignore[arg-type]
     except TypeError as exc:
         raise ConfigError(f"invalid settings: {exc}") from exc
-    return config_rules.validate(settings)
+    config_rules.validate(settings)
+    return settings
 
 
 def credential_auth(env: Mapping[str, str] | None = None) -> str | None:

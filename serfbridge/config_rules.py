@@ -10,22 +10,48 @@ checked here too, with the same code the planners use.
 Messages name the setting and the rule; they show numbers as given but never a string
 value: a misplaced RPC key must not end up in a journal (issue 13, defect 10).
 
-Must not: read files, talk to Serf or Kubernetes, or load the planners unless a value
-needs their parser.
+Must not: read files, talk to Serf or Kubernetes, or import ``config`` or the planners
+(the selector is parsed by ``selector``, the module the publish planner uses too).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from serfbridge.errors import ConfigError
+from serfbridge.errors import InvalidSetting as Invalid
+from serfbridge.selector import parse_selector
 
-if TYPE_CHECKING:
-    from serfbridge.config import Settings
+#: Setting name -> environment name. The flag is the setting name with '-' for '_'.
+ENV_NAMES: dict[str, str] = {
+    "rpc_addr": "SERF_RPC_ADDR",
+    "rpc_auth": "SERF_RPC_AUTH",
+    "kubeconfig": "KUBECONFIG",
+    "cluster": "SERFBRIDGE_CLUSTER",
+    "node_name": "SERFBRIDGE_NODE_NAME",
+    "label_prefix": "SERFBRIDGE_LABEL_PREFIX",
+    "log_format": "SERFBRIDGE_LOG_FORMAT",
+    "http_addr": "SERFBRIDGE_HTTP_ADDR",
+    "handler_socket": "SERFBRIDGE_HANDLER_SOCKET",
+    "agent_users": "SERFBRIDGE_AGENT_USER",
+    "to_serf": "SERFBRIDGE_TO_SERF",
+    "to_k8s": "SERFBRIDGE_TO_K8S",
+    "resync": "SERFBRIDGE_RESYNC",
+    "debounce": "SERFBRIDGE_DEBOUNCE",
+    "max_wait": "SERFBRIDGE_MAX_WAIT",
+    "failure_hold": "SERFBRIDGE_FAILURE_HOLD",
+    "tag_limit": "SERFBRIDGE_TAG_LIMIT",
+    "tag_allow": "SERFBRIDGE_TAG_ALLOW",
+    "replicas": "SERFBRIDGE_REPLICAS",
+    "publish_default": "SERFBRIDGE_PUBLISH_DEFAULT",
+    "namespaces": "SERFBRIDGE_NAMESPACES",
+    "exclude_namespaces": "SERFBRIDGE_EXCLUDE_NAMESPACES",
+    "selector": "SERFBRIDGE_SELECTOR",
+    "cloud_name": "SERFBRIDGE_CLOUD_NAME",
+}
 
 #: The flags whose name is not the setting name with '-' for '_'.
 FLAG_NAMES = {
@@ -49,41 +75,40 @@ _NAME_RULE = "1 to 63 letters, digits, '-', '_' or '.', alphanumeric at both end
 _HOST = re.compile(r"[^\s\x00-\x1f\x7f\[\]]*|\[[0-9A-Fa-f:.%a-zA-Z]+\]")
 
 
-class Invalid(ValueError):
-    """One rule broken; ``validate`` adds the setting's flag and environment names."""
-
-
 def flag_name(name: str) -> str:
     return FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
 
 
 def setting_label(name: str) -> str:
     """``--replicas (SERFBRIDGE_REPLICAS)``: how errors name a setting."""
-    from serfbridge.config import ENV_NAMES
-
     env = ENV_NAMES.get(name)
     return f"{flag_name(name)} ({env})" if env else flag_name(name)
 
 
-def validate(settings: Settings) -> Settings:
-    """``settings`` with the RPC key stripped, or ConfigError for the first broken rule."""
-    key = settings.rpc_auth.strip() if settings.rpc_auth is not None else None
-    settings = dataclasses.replace(settings, rpc_auth=key or None)
-    for field in dataclasses.fields(settings):
-        value = getattr(settings, field.name)
+class Checked(Protocol):
+    """What ``validate`` reads by name (``config.Settings`` fits; every field by ``vars``)."""
+
+    @property
+    def debounce(self) -> float: ...
+    @property
+    def max_wait(self) -> float: ...
+
+
+def validate(settings: Checked) -> None:
+    """ConfigError for the first broken rule, in field order; the RPC key comes stripped."""
+    for name, value in vars(settings).items():
         try:
             _check_text(value)
-            rule = _RULES.get(field.name)
+            rule = _RULES.get(name)
             if rule is not None:
                 rule(value)
         except Invalid as exc:
-            raise ConfigError(f"invalid {setting_label(field.name)}: {exc}") from None
+            raise ConfigError(f"invalid {setting_label(name)}: {exc}") from None
     if settings.max_wait < settings.debounce:
         raise ConfigError(
             f"invalid {setting_label('max_wait')}: must not be shorter than "
             f"{setting_label('debounce')} ({settings.max_wait:g} < {settings.debounce:g})"
         )
-    return settings
 
 
 def _check_text(value: object) -> None:
@@ -197,8 +222,6 @@ def _tag_allow(value: object) -> None:
 def _selector(value: object) -> None:
     if not str(value).strip():
         return
-    from serfbridge.plan_publish import parse_selector  # the planners parse it in each pass
-
     try:
         parse_selector(str(value))
     except ConfigError:

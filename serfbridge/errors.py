@@ -187,3 +187,33 @@ class ServicesDecodeError(SerfBridgeError):
 
 class DaemonReplyError(SerfBridgeError):
     """What answered on the daemon's HTTP address is not a daemon's /status (exit 1)."""
+
+
+# --- codec and config input errors ----------------------------------------------------
+# Internal signals of the input checkers; each module that raises one translates it at
+# its boundary (``config_rules`` into ConfigError, ``cloudy`` into ServicesDecodeError).
+# The ValueError ones stay ValueError: that is their contract with their callers.
+
+
+class InvalidSetting(ValueError):
+    """One setting's rule broken (``config_rules``); ``validate`` adds the setting's names."""
+
+
+class GoRegexError(ValueError):
+    """Go would refuse the pattern; the text is Go's error code and the offending part."""
+
+
+class NotAList(ValueError):
+    """Valid JSON, but not a list (``bounded``); ``kind`` names what it is."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(f"not a JSON list (got {kind})")
+        self.kind = kind
+
+
+class TooManyItems(ValueError):
+    """The JSON list has more items than allowed; the rest was not parsed (``bounded``)."""
+
+
+class LocalListUnreadable(SerfBridgeError):
+    """The local ``services`` tag cannot be decoded, so a rewrite would lose entries."""

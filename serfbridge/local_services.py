@@ -1,12 +1,13 @@
 """Read-modify-write of the local agent's ``services`` tag, with avahi-ps's semantics.
 
-Used by ``serfbridge publish | unpublish`` (and by the daemon through ``apply_entries``).
-The rules: read the agent's current tags, decode its list, change only the entries asked
-for (upsert keyed by (type, port); foreign entries kept as they are), plan the ``tags``
-request with ``cloudy.plan_services_tag`` (no request when the encoded value would not
-change, delete the tag when the list is empty, refuse an oversized set with the sizes),
-and send it. This module owns no format knowledge (that is ``cloudy.py``) and no wire
-knowledge (that is ``rpc/``); it only sequences the two.
+Used by ``serfbridge publish | unpublish`` (``cli/services.py``); the daemon publishes
+through ``plan_publish`` and ``bridge.publish_pass`` instead. The rules: read the agent's
+current tags, decode its list, change only the entries asked for (upsert keyed by (type,
+port); foreign entries kept as they are), plan the ``tags`` request with
+``cloudy.plan_services_tag`` (no request when the encoded value would not change, delete
+the tag when the list is empty, refuse an oversized set with the sizes), and send it.
+This module owns no format knowledge (that is ``cloudy.py``) and no wire knowledge (that
+is ``rpc/``); it only sequences the two.
 """
 
 from __future__ import annotations
@@ -17,14 +18,10 @@ from dataclasses import dataclass
 
 from serfbridge import cloudy
 from serfbridge.cloudy import Entry, TagChange
-from serfbridge.errors import SerfBridgeError
+from serfbridge.errors import LocalListUnreadable, SerfBridgeError
 from serfbridge.rpc.client import SerfClient
 
 log = logging.getLogger(__name__)
-
-
-class LocalListUnreadable(SerfBridgeError):
-    """The local ``services`` tag cannot be decoded, so a rewrite would lose entries."""
 
 
 @dataclass(frozen=True)

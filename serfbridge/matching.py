@@ -26,7 +26,8 @@ cluster is never ours. A ``k8s`` claim that names a Node the member is not bound
 ignored and reported in ``unverified``.
 
 Pure: data in, a match out. No I/O, no logging, no clock. Used by ``plan_labels`` and
-``plan_publish``.
+``plan_publish`` (both through ``match_for``/``match_members``, with the one
+``PlanSettings``); must not import either of them.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from serfbridge.kubemodels import NodeInfo
+from serfbridge.plan_settings import PlanSettings
 from serfbridge.rpc.models import Member
 
 K8S_TAG = "k8s"
@@ -143,6 +145,27 @@ def match(
         )
     )
     return Match(bindings, unverified)
+
+
+def match_for(
+    members: Iterable[Member], nodes: Mapping[str, NodeInfo], settings: PlanSettings
+) -> Match:
+    """``match`` with this bridge's settings: what both planners call."""
+    return match(
+        members,
+        nodes,
+        cluster=settings.cluster,
+        prefix=settings.prefix,
+        self_node=settings.self_node,
+        self_member=settings.self_member,
+    )
+
+
+def match_members(
+    members: Iterable[Member], nodes: Mapping[str, NodeInfo], settings: PlanSettings
+) -> dict[str, Member]:
+    """Node name -> the member that speaks for it."""
+    return match_for(members, nodes, settings).members()
 
 
 def _foreign(member: Member, cluster: str) -> bool:

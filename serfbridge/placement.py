@@ -14,6 +14,9 @@ lists of our entries tried there. One Service changed re-ranks only its ports an
 re-checks only the nodes whose lists it changes; everything else is a lookup. The memos
 change the cost, never the answer (``tests/test_placement_props.py``).
 
+Whether a list fits is ``rpc.budget``'s rule (``budget.fits``); this module only decides
+which lists to try, and remembers the answers.
+
 Pure: data in, an assignment out; no clock, no I/O. Used by ``plan_publish``.
 """
 
@@ -25,7 +28,7 @@ from dataclasses import dataclass, field
 
 from serfbridge import cloudy, rendezvous
 from serfbridge.cloudy import Entry
-from serfbridge.rpc.budget import encoded_tags_size
+from serfbridge.rpc import budget
 
 #: A port tries at most this many nodes beyond its replicas: on a large, full cluster
 #: every trial is a bzip2 compression, and a Raspberry Pi runs this on every pass.
@@ -114,7 +117,7 @@ def fits(room: NodeRoom, ours: Sequence[Entry], limit: int) -> bool:
         return False
     entries = (*room.foreign, *ours)
     value = _encoded(entries, tuple(e.raw for e in entries))
-    return encoded_tags_size({**room.base, cloudy.SERVICES_TAG: value}) <= limit
+    return budget.fits({**room.base, cloudy.SERVICES_TAG: value}, limit)
 
 
 def fit_in_order(

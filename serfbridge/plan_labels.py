@@ -26,7 +26,11 @@ The one brain of the to-k8s direction: the event handler, the daemon and
   isolated node may still reach its API; its own "alive" is not news the rest of the
   cluster agrees with, and writing it would fight the majority's verdict.
 
-Pure: data in, a plan out. No I/O, no logging, no clock.
+The failure hold is data (``failure_hold``): the caller passes a ``FailureHold`` with its
+own clock's ``now`` and keeps the one the plan returns (``LabelPlan.hold``) for its next
+pass, looking again at ``LabelPlan.recheck_at``.
+
+Pure: data in, a plan out. No I/O, no logging, no clock. Must not import ``config``.
 """
 
 from __future__ import annotations
@@ -34,20 +38,22 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from serfbridge import matching, rendezvous
-from serfbridge.config import DEFAULT_TAG_ALLOW  # every tag but `services` and `k8s`
-from serfbridge.errors import ConfigError
+from serfbridge.failure_hold import FailureHold, settle
 from serfbridge.kubemodels import NodeInfo
+from serfbridge.plan_settings import PlanSettings
 from serfbridge.rpc.models import Member
+
+#: The planner's input (``plan_settings``), under the name this module always used.
+LabelSettings = PlanSettings
 
 K8S_TAG = matching.K8S_TAG
 UNVERIFIED = "k8s tag claims a Node it cannot be verified for"
 _LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
 _LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
-_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _WRITER_STATES = ("alive", "leaving")  # the Node's own bridge is up and writes for itself
 _VERDICTS = ("failed", "left")  # labels only other bridges write: the majority's verdict
 
@@ -58,26 +64,6 @@ def is_label_name(name: str) -> bool:
 
 def is_label_value(value: str) -> bool:
     return _LABEL_VALUE.fullmatch(value) is not None
-
-
-@dataclass(frozen=True)
-class LabelSettings:
-    self_node: str
-    cluster: str = "default"
-    prefix: str = "serfbridge.io"
-    tag_allow: str = DEFAULT_TAG_ALLOW
-    self_member: str | None = None  # this agent's member name, authoritative for self_node
-
-    def __post_init__(self) -> None:
-        if len(self.prefix) > 253 or not _DNS_SUBDOMAIN.fullmatch(self.prefix):
-            raise ConfigError(f"--label-prefix must be a DNS subdomain, got {self.prefix!r}")
-        try:
-            re.compile(self.tag_allow)
-        except re.error as exc:
-            raise ConfigError(f"--tag-allow is not a valid regex: {exc}") from exc
-
-    def key(self, name: str) -> str:
-        return f"{self.prefix}/{name}"
 
 
 @dataclass(frozen=True)
@@ -99,35 +85,10 @@ class LabelPlan:
     patches: tuple[NodePatch, ...]
     skipped: Mapping[str, int] = field(default_factory=dict)  # hostile gossip, counted
     notes: tuple[str, ...] = ()
-
-
-# --- matching members to Nodes ----------------------------------------------------------
-
-
-def maybe_k8s_claim(member: Member) -> tuple[str, str] | None:
-    """(cluster, node) from the member's ``k8s`` tag, or None."""
-    return matching.maybe_claim(member)
-
-
-def match(
-    members: Iterable[Member], nodes: Mapping[str, NodeInfo], settings: LabelSettings
-) -> matching.Match:
-    """The identity rule (``matching.match``) with this bridge's settings."""
-    return matching.match(
-        members,
-        nodes,
-        cluster=settings.cluster,
-        prefix=settings.prefix,
-        self_node=settings.self_node,
-        self_member=settings.self_member,
-    )
-
-
-def match_members(
-    members: Iterable[Member], nodes: Mapping[str, NodeInfo], settings: LabelSettings
-) -> dict[str, Member]:
-    """Node name -> the member that speaks for it."""
-    return match(members, nodes, settings).members()
+    #: The failure hold to pass in next time (first-seen times kept), with a fresh ``now``.
+    hold: FailureHold = field(default_factory=lambda: FailureHold.one_shot(0.0))
+    #: When a held-back failure settles: the caller's clock, None when nothing is held.
+    recheck_at: float | None = None
 
 
 # --- what a Node should carry -----------------------------------------------------------
@@ -221,61 +182,94 @@ def plan_labels(
     nodes: Mapping[str, NodeInfo],
     settings: LabelSettings,
     *,
+    hold: FailureHold | None = None,
     unsettled: Collection[str] = (),
 ) -> LabelPlan:
     """The patches this bridge (``settings.self_node``) must make, and what it skipped.
 
-    ``unsettled`` names failed members whose failure is too recent to act on: when a
-    partition starts, peers are declared failed one by one over a few seconds, and a
-    failure label written in that window would slip past the partition guard. The daemon
-    holds failures back this way (``--failure-hold``); one-shot callers pass nothing.
+    ``hold`` says which failed members are too freshly failed to act on (``settle``):
+    when a partition starts, peers are declared failed one by one over a few seconds, and
+    a failure label written in that window would slip past the partition guard. None is
+    a one-shot caller's hold: nothing is held back. ``unsettled`` (member names held back
+    as well) is the older form, kept until ``bridge.label_pass`` passes ``hold``.
     """
-    found = match(members, nodes, settings)
-    matched = found.members()
-    alive = sorted(n for n, m in matched.items() if m.status == "alive")
-    writers = [n for n in alive if _recorded_itself(n, found.bindings[n], nodes, settings)]
-    # A member that left said goodbye: it is no sign of a partition, so it does not count.
-    present = [n for n, m in matched.items() if m.status != "left"]
-    guarded = 2 * len(alive) <= len(present)
-    notes: list[str] = []
+    settled = settle(members, hold if hold is not None else FailureHold.one_shot(0.0))
+    held = settled.unsettled | set(unsettled)
+    found = matching.match_for(members, nodes, settings)
     skipped: Counter[str] = Counter()
-    if found.unverified:
-        skipped[UNVERIFIED] = len(found.unverified)
-        shown = ", ".join(repr(n) for n in found.unverified[:3])
-        more = f" and {len(found.unverified) - 3} more" if len(found.unverified) > 3 else ""
-        notes.append(f"ignored unverifiable k8s claims of members {shown}{more}")
-    if guarded and matched:
-        # In a minority (or a tie): no membership writes at all, not even our own Node.
-        notes.insert(
-            0,
-            f"partition guard: {len(alive)}/{len(present)} Nodes alive; "
-            "this bridge is not in a majority and writes no labels",
-        )
-        return LabelPlan((), dict(skipped), tuple(notes))
+    notes = _unverified_notes(found, skipped)
+    guard = _maybe_partition_guard(found.members())
+    if guard is not None:
+        return LabelPlan((), dict(skipped), (guard, *notes), settled.hold, settled.recheck_at)
+    writers = _writers(found, nodes, settings)
     patches = []
     for name in sorted(nodes):
         binding = found.bindings.get(name)
-        member = binding.member if binding is not None else None
-        if member is not None and member.name in unsettled:
-            notes.append(f"{name}: member {member.name} failed recently; waiting to be sure")
-            continue
-        current = nodes[name].labels.get(settings.key("serf-status"))
-        verdict = current if current in _VERDICTS else None
-        reason = _why_we_write(name, binding, writers, settings, verdict)
-        if reason is None:
-            continue
-        if binding is None:
-            labels: dict[str, str] = {}
-            annotations: dict[str, str] = {}
-        else:
-            labels, annotations = desired_metadata(
-                binding.member, settings, skipped, recorded_by=binding.recorded_by
+        if binding is not None and binding.member.name in held:
+            notes.append(
+                f"{name}: member {binding.member.name} failed recently; waiting to be sure"
             )
-        label_patch, ann_patch = diff_metadata(nodes[name], labels, annotations, settings)
-        patch = NodePatch(name, label_patch, ann_patch, reason)
-        if not patch.empty:
+            continue
+        patch = _maybe_patch(name, binding, nodes[name], writers, settings, skipped)
+        if patch is not None:
             patches.append(patch)
-    return LabelPlan(tuple(patches), dict(skipped), tuple(notes))
+    return LabelPlan(tuple(patches), dict(skipped), tuple(notes), settled.hold, settled.recheck_at)
+
+
+def _unverified_notes(found: matching.Match, skipped: Counter[str]) -> list[str]:
+    """The k8s claims ``matching`` could not verify: counted, and named in one note."""
+    if not found.unverified:
+        return []
+    skipped[UNVERIFIED] = len(found.unverified)
+    shown = ", ".join(repr(n) for n in found.unverified[:3])
+    more = f" and {len(found.unverified) - 3} more" if len(found.unverified) > 3 else ""
+    return [f"ignored unverifiable k8s claims of members {shown}{more}"]
+
+
+def _maybe_partition_guard(matched: Mapping[str, Member]) -> str | None:
+    """Why this bridge writes nothing at all (a minority, or a tie), or None."""
+    alive = [n for n, m in matched.items() if m.status == "alive"]
+    # A member that left said goodbye: it is no sign of a partition, so it does not count.
+    present = [n for n, m in matched.items() if m.status != "left"]
+    if not matched or 2 * len(alive) > len(present):
+        return None
+    return (
+        f"partition guard: {len(alive)}/{len(present)} Nodes alive; "
+        "this bridge is not in a majority and writes no labels"
+    )
+
+
+def _writers(
+    found: matching.Match, nodes: Mapping[str, NodeInfo], settings: LabelSettings
+) -> list[str]:
+    """The Nodes whose own bridge is alive and recorded itself: who may write for others."""
+    alive = sorted(n for n, b in found.bindings.items() if b.member.status == "alive")
+    return [n for n in alive if _recorded_itself(n, found.bindings[n], nodes, settings)]
+
+
+def _maybe_patch(
+    name: str,
+    binding: matching.Binding | None,
+    node: NodeInfo,
+    writers: Sequence[str],
+    settings: LabelSettings,
+    skipped: Counter[str],
+) -> NodePatch | None:
+    """The patch this bridge makes on ``name``, or None (not its to write, or no change)."""
+    current = node.labels.get(settings.key("serf-status"))
+    verdict = current if current in _VERDICTS else None
+    reason = _why_we_write(name, binding, writers, settings, verdict)
+    if reason is None:
+        return None
+    labels: dict[str, str] = {}
+    annotations: dict[str, str] = {}
+    if binding is not None:
+        labels, annotations = desired_metadata(
+            binding.member, settings, skipped, recorded_by=binding.recorded_by
+        )
+    label_patch, ann_patch = diff_metadata(node, labels, annotations, settings)
+    patch = NodePatch(name, label_patch, ann_patch, reason)
+    return None if patch.empty else patch
 
 
 def _recorded_itself(

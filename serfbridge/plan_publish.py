@@ -14,52 +14,41 @@ The one brain of the publish direction; the daemon and ``sync --dry-run`` call
 * ownership: our entries carry ``t=k8s=<cluster>/<ns>/<svc>/<port>`` and ``e=<cluster>``;
   foreign entries (Cloudy's own, other clusters') are kept untouched, in their order.
 
-Pure: data in, a plan out. No I/O, no logging.
+The steps, in the order ``plan_publish`` takes them, each in its own module: ``cloudy``
+decodes the current ``services`` lists, ``plan_tags`` sets the agent's other tags,
+``matching`` gives the eligible nodes' members, ``plan_select`` picks the Services and
+reads their annotations, ``cloudy.make_entry`` builds each port's entry, ``placement``
+chooses the nodes (``rpc.budget`` says what fits), and ``cloudy.plan_services_tag`` makes
+the one ``tags`` request (checked against the budget again, as the agent will count it).
+
+Pure: data in, a plan out. No I/O, no logging, no clock. Must not import ``config`` or
+``plan_labels``.
 """
 
 from __future__ import annotations
 
 import functools
-import json
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from serfbridge import cloudy, placement
+from serfbridge import cloudy, matching, placement
 from serfbridge.cloudy import Entry, TagChange
-from serfbridge.errors import ConfigError, SerfBridgeError, ServicesDecodeError
+from serfbridge.errors import SerfBridgeError, ServicesDecodeError
 from serfbridge.kubemodels import NodeInfo, ServiceInfo, ServicePort, SliceInfo
 from serfbridge.placement import NodeRoom, Want
-from serfbridge.plan_labels import K8S_TAG, LabelSettings, match_members
-from serfbridge.rpc.budget import DEFAULT_TAG_LIMIT, encoded_tags_size, merged_tags
+from serfbridge.plan_select import (
+    ELIGIBLE_TYPES,
+    int_annotation,
+    local_endpoint_nodes,
+    maybe_skip_reason,
+)
+from serfbridge.plan_settings import PlanSettings
+from serfbridge.plan_tags import desired_base_tags
+from serfbridge.rpc.budget import encoded_tags_size, merged_tags
 from serfbridge.rpc.models import Member
 
-ELIGIBLE_TYPES = ("NodePort", "LoadBalancer")
-#: Tags a Node's ``P/set-tags`` may never set: they are ours or Cloudy's.
-RESERVED_TAGS = (cloudy.SERVICES_TAG, K8S_TAG)
-
-
-@dataclass(frozen=True)
-class PublishSettings:
-    self_node: str
-    cluster: str = "default"
-    prefix: str = "serfbridge.io"
-    self_member: str | None = None
-    namespaces: frozenset[str] = frozenset()  # empty = all
-    exclude_namespaces: frozenset[str] = frozenset()
-    selector: str = ""  # label selector: k=v, k!=v, k, !k (comma-separated)
-    publish_default: bool = True
-    replicas: int = 2
-    cloud_name: str = "guifi"
-    tag_limit: int = DEFAULT_TAG_LIMIT
-
-    def __post_init__(self) -> None:
-        parse_selector(self.selector)
-        if self.replicas < 1:
-            raise ConfigError(f"--replicas must be at least 1, got {self.replicas}")
-
-    def key(self, name: str) -> str:
-        return f"{self.prefix}/{name}"
+#: The planner's input (``plan_settings``), under the name this module always used.
+PublishSettings = PlanSettings
 
 
 @dataclass(frozen=True)
@@ -86,66 +75,6 @@ class PublishPlan:
         return encoded_tags_size(self.tags)
 
 
-# --- selection ----------------------------------------------------------------------------
-
-
-_SELECTOR_TERM = re.compile(r"\s*(!?)([A-Za-z0-9./_-]+)\s*(?:(==|=|!=)\s*([A-Za-z0-9._-]*))?\s*")
-
-
-def parse_selector(selector: str) -> list[tuple[str, str, str]]:
-    """``k=v,k!=v,k,!k`` -> [(op, key, value)]; ConfigError for anything else."""
-    terms = []
-    for raw in filter(None, (t.strip() for t in selector.split(","))):
-        match = _SELECTOR_TERM.fullmatch(raw)
-        if match is None or (match[1] and match[3]):
-            raise ConfigError(f"unsupported label selector term {raw!r} (use k=v, k!=v, k, !k)")
-        bang, key, op, value = match.groups()
-        terms.append(
-            ("!" if bang else (op.replace("==", "=") if op else "exists"), key, value or "")
-        )
-    return terms
-
-
-def selector_matches(labels: Mapping[str, str], selector: str) -> bool:
-    for op, key, value in parse_selector(selector):
-        if (op == "=" and labels.get(key) != value) or (op == "!=" and labels.get(key) == value):
-            return False
-        if (op == "exists" and key not in labels) or (op == "!" and key in labels):
-            return False
-    return True
-
-
-def maybe_skip_reason(svc: ServiceInfo, settings: PublishSettings) -> str | None:
-    """Why ``svc`` is not published at all, or None when it is eligible."""
-    if svc.type not in ELIGIBLE_TYPES:
-        return f"type {svc.type} is never published"
-    if settings.namespaces and svc.namespace not in settings.namespaces:
-        return "namespace not allowed"
-    if svc.namespace in settings.exclude_namespaces:
-        return "namespace excluded"
-    if not selector_matches(svc.labels, settings.selector):
-        return "label selector does not match"
-    opt = svc.annotations.get(settings.key("publish"), "").strip().lower()
-    if opt not in ("", "true", "false"):
-        return f"{settings.key('publish')} must be true or false, got {opt!r}"
-    if not (opt == "true" or (opt == "" and settings.publish_default)):
-        return "not opted in"
-    if not svc.ports:
-        return "no ports"
-    return None
-
-
-def _int_annotation(svc: ServiceInfo, key: str, default: int, problems: list[str]) -> int:
-    raw = svc.annotations.get(key)
-    if raw is None:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        problems.append(f"{svc.namespace}/{svc.name}: {key} must be an integer, got {raw!r}")
-        return default
-
-
 # --- placement ----------------------------------------------------------------------------
 
 
@@ -153,22 +82,8 @@ def eligible_nodes(
     nodes: Mapping[str, NodeInfo], members: Sequence[Member], settings: PublishSettings
 ) -> dict[str, Member]:
     """Ready Nodes whose matched member of this cluster is alive, with that member."""
-    label_settings = LabelSettings(
-        self_node=settings.self_node,
-        cluster=settings.cluster,
-        prefix=settings.prefix,
-        self_member=settings.self_member,
-    )
-    matched = match_members(members, nodes, label_settings)
+    matched = matching.match_members(members, nodes, settings)
     return {n: m for n, m in sorted(matched.items()) if m.status == "alive" and nodes[n].ready}
-
-
-def local_endpoint_nodes(svc: ServiceInfo, slices: Mapping[str, SliceInfo]) -> set[str]:
-    return {
-        ep.node_name for s in slices.values()
-        if s.namespace == svc.namespace and s.service_name == svc.name
-        for ep in s.endpoints if ep.ready and ep.node_name
-    }  # fmt: skip
 
 
 def wanted_ports(
@@ -188,37 +103,51 @@ def wanted_ports(
     problems: list[str] = []
     for svc in sorted(services.values(), key=lambda s: (s.namespace, s.name)):
         reason = maybe_skip_reason(svc, settings)
-        if reason is not None:
-            if svc.type in ELIGIBLE_TYPES and reason == "no ports":
-                _maybe_report(left, svc, "", reason, list(pool), settings)
-            continue
-        nodes = list(pool)
-        if svc.external_traffic_policy == "Local":
-            local = local_endpoint_nodes(svc, slices)
-            nodes = [n for n in nodes if n in local]
-        replicas = max(
-            1, _int_annotation(svc, settings.key("replicas"), settings.replicas, problems)
-        )
-        priority = _int_annotation(svc, settings.key("priority"), 0, problems)
-        seen: set[tuple[str, str]] = set()
-        for port in svc.ports:
-            template = _template(svc, port, settings, left, list(pool))
-            if template is None or template.key in seen:  # e.g. one port over TCP and UDP
-                continue
-            seen.add(template.key)
-            wants.append(
-                Want(
-                    key=f"{settings.cluster}/{svc.namespace}/{svc.name}/{port.port}",
-                    namespace=svc.namespace,
-                    service=svc.name,
-                    port=str(port.port),
-                    priority=priority,
-                    replicas=replicas,
-                    pool=tuple(nodes),
-                    entry_for=_entry_maker(template, pool, settings, fixed_ip=bool(template.ip)),
-                )
+        if reason is None:
+            wants += _service_wants(
+                svc, slices, pool, settings=settings, left=left, problems=problems
             )
+        elif svc.type in ELIGIBLE_TYPES and reason == "no ports":
+            _maybe_report(left, svc, "", reason, list(pool), settings)
     return wants, left, problems
+
+
+def _service_wants(
+    svc: ServiceInfo,
+    slices: Mapping[str, SliceInfo],
+    pool: Mapping[str, Member],
+    *,
+    settings: PublishSettings,
+    left: list[LeftOut],
+    problems: list[str],
+) -> list[Want]:
+    """One eligible Service's ports to place, one ``Want`` per distinct entry key."""
+    nodes = list(pool)
+    if svc.external_traffic_policy == "Local":
+        local = local_endpoint_nodes(svc, slices)
+        nodes = [n for n in nodes if n in local]
+    replicas = max(1, int_annotation(svc, settings.key("replicas"), settings.replicas, problems))
+    priority = int_annotation(svc, settings.key("priority"), 0, problems)
+    wants: list[Want] = []
+    seen: set[tuple[str, str]] = set()
+    for port in svc.ports:
+        template = _template(svc, port, settings, left, list(pool))
+        if template is None or template.key in seen:  # e.g. one port over TCP and UDP
+            continue
+        seen.add(template.key)
+        wants.append(
+            Want(
+                key=f"{settings.cluster}/{svc.namespace}/{svc.name}/{port.port}",
+                namespace=svc.namespace,
+                service=svc.name,
+                port=str(port.port),
+                priority=priority,
+                replicas=replicas,
+                pool=tuple(nodes),
+                entry_for=_entry_maker(template, pool, settings, fixed_ip=bool(template.ip)),
+            )
+        )
+    return wants
 
 
 def _template(
@@ -279,9 +208,14 @@ def _made_entry(
     """``cloudy.make_entry`` kept by value (it sanitizes every field: the bulk of a pass
     over many unchanged Services). Invalid input raises, and is not kept."""
     return cloudy.make_entry(
-        description=description, type=type, port=port, host=host, ip=ip,
-        microcloud=microcloud, txt=txt,
-    )  # fmt: skip
+        description=description,
+        type=type,
+        port=port,
+        host=host,
+        ip=ip,
+        microcloud=microcloud,
+        txt=txt,
+    )
 
 
 def _maybe_report(
@@ -321,48 +255,7 @@ def node_rooms(
     return rooms
 
 
-# --- the agent's tag set ------------------------------------------------------------------
-
-
-def desired_base_tags(
-    current: Mapping[str, str],
-    node: NodeInfo | None,
-    settings: PublishSettings,
-    *,
-    node_name: str | None = None,
-) -> tuple[dict[str, str], tuple[str, ...], list[str]]:
-    """Current tags with ``k8s`` and the Node's ``P/set-tags`` applied (services untouched).
-
-    Returns the tags, the keys now owned through ``P/set-tags``, and problems.
-    """
-    problems: list[str] = []
-    wanted: dict[str, str] = {}
-    annotations = node.annotations if node is not None else {}
-    raw = annotations.get(settings.key("set-tags"))
-    if raw:
-        try:
-            parsed = json.loads(raw)
-            if not isinstance(parsed, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in parsed.items()
-            ):
-                raise ValueError("not a JSON object of strings")
-            wanted = {k: v for k, v in parsed.items() if k not in RESERVED_TAGS}
-            problems += [
-                f"{settings.key('set-tags')}: {k!r} is reserved"
-                for k in parsed
-                if k in RESERVED_TAGS
-            ]
-        except ValueError as exc:
-            problems.append(f"{settings.key('set-tags')} ignored: {exc}")
-            wanted = {}
-    previously = {k for k in annotations.get(settings.key("owned-tags"), "").split(",") if k}
-    stale = [k for k in previously - set(wanted) if k not in RESERVED_TAGS]
-    tags = merged_tags(
-        current,
-        set_tags={**wanted, K8S_TAG: f"{settings.cluster}/{node_name or settings.self_node}"},
-        delete=stale,
-    )
-    return tags, tuple(sorted(wanted)), problems
+# --- the plan ------------------------------------------------------------------------------
 
 
 def plan_publish(

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from serfbridge.errors import UsageError
+from serfbridge.errors import GoRegexError, UsageError
 
 MAX_PATTERN = 1000
 _MAX_REPEAT = 1000  # Go: {n,m} bounds, and the product of nested counted repeats
@@ -56,10 +56,6 @@ _UNICODE_TEXT = (
     "Zanabazar_Square "
 )
 _UNICODE_NAMES = frozenset(_UNICODE_TEXT.split())
-
-
-class GoRegexError(ValueError):
-    """Go would refuse the pattern; the text is Go's error code and the offending part."""
 
 
 @dataclass

@@ -22,8 +22,3 @@ def weight(key: str, candidate: str) -> int:
 def rank(key: str, candidates: Iterable[str]) -> list[str]:
     """``candidates`` ordered best first for ``key`` (ties broken by name)."""
     return sorted(set(candidates), key=lambda c: (-weight(key, c), c))
-
-
-def pick(key: str, candidates: Iterable[str], count: int) -> list[str]:
-    """The first ``count`` candidates for ``key``."""
-    return rank(key, candidates)[: max(0, count)]

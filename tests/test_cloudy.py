@@ -550,7 +550,7 @@ def test_bomb_of_empty_objects_is_one_error_fast() -> None:
     """The review's bomb: 1 MiB of [{},{},...] (128 characters of tag)."""
     import time
 
-    from serfbridge import cloudy
+    from serfbridge import cloudy_codec as cloudy
 
     bomb = recipe_encode(b"[" + b"{}," * 349_525 + b"{}]")
     assert len(bomb) < 200
@@ -582,7 +582,7 @@ def test_oversized_value_is_refused_before_decoding() -> None:
 
 
 def test_decoding_is_cached_by_value(monkeypatch) -> None:
-    from serfbridge import cloudy
+    from serfbridge import cloudy_codec as cloudy
 
     calls = []
     real = cloudy._unpack

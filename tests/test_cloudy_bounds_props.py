@@ -12,7 +12,7 @@ import tracemalloc
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from serfbridge import cloudy
+from serfbridge import cloudy, cloudy_codec
 from serfbridge.cloudy import (
     MAX_DECODED_BYTES,
     MAX_ITEMS,
@@ -39,7 +39,7 @@ def pack(raw: bytes) -> str:
 
 def bounded_decode(value: str) -> DecodeResult | None:
     """Decode uncached; assert the bounds; None when refused with our error."""
-    cloudy._CACHE.clear()
+    cloudy_codec._CACHE.clear()
     tracemalloc.start()
     start = time.perf_counter()
     try:

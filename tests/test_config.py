@@ -6,6 +6,7 @@ Unit tests: no agents, no apiserver. The daemon is replaced by a recorder so tha
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -152,8 +153,9 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Recorder]]:
     yield Recorder.seen
 
 
-def run_settings(runner: CliRunner, recorded: list[Recorder], args: list[str],
-                 env: dict[str, str] | None = None) -> Recorder:  # fmt: skip
+def run_settings(
+    runner: CliRunner, recorded: list[Recorder], args: list[str], env: dict[str, str] | None = None
+) -> Recorder:
     result = runner.invoke(cli, args, env=env or {}, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return recorded[-1]
@@ -162,8 +164,10 @@ def run_settings(runner: CliRunner, recorded: list[Recorder], args: list[str],
 def test_precedence_flags_env_file_default_for_run(
     runner: CliRunner, recorded: list[Recorder], tmp_path: Path
 ) -> None:
-    path = write(tmp_path, "SERFBRIDGE_RESYNC=30\nSERFBRIDGE_DEBOUNCE=0.5\ncluster-name=file\n"
-                 "SERFBRIDGE_REPLICAS=4\n")  # fmt: skip
+    path = write(
+        tmp_path,
+        "SERFBRIDGE_RESYNC=30\nSERFBRIDGE_DEBOUNCE=0.5\ncluster-name=file\nSERFBRIDGE_REPLICAS=4\n",
+    )
     env = {"SERFBRIDGE_RESYNC": "20", "SERFBRIDGE_CLUSTER": "env"}
     r = run_settings(runner, recorded, ["--config", path, "run", "--resync", "10"], env)
     s = r.settings
@@ -237,11 +241,19 @@ def test_key_sources_through_the_cli(
     env = {"CREDENTIALS_DIRECTORY": str(creds)}
     r = run_settings(runner, recorded, ["--config", write(tmp_path, ""), "run"], env)
     assert r.settings.rpc_auth == "from-credential"
-    r = run_settings(runner, recorded, ["--config", str(tmp_path / "config"),
-                                        "--rpc-auth-file", key_file, "run"], env)  # fmt: skip
+    r = run_settings(
+        runner,
+        recorded,
+        ["--config", str(tmp_path / "config"), "--rpc-auth-file", key_file, "run"],
+        env,
+    )
     assert r.settings.rpc_auth == "from-file"
-    r = run_settings(runner, recorded, ["--config", str(tmp_path / "config"), "run"],
-                     {**env, "SERF_RPC_AUTH": "from-env"})  # fmt: skip
+    r = run_settings(
+        runner,
+        recorded,
+        ["--config", str(tmp_path / "config"), "run"],
+        {**env, "SERF_RPC_AUTH": "from-env"},
+    )
     assert r.settings.rpc_auth == "from-env"
 
 
@@ -298,3 +310,42 @@ def test_version() -> None:
     result = CliRunner().invoke(cli, ["--version"])
     assert result.exit_code == 0
     assert result.output.strip() == f"serfbridge, version {__version__}"
+
+
+#: PlanSettings field -> the Settings field it is read from, where the names differ.
+_PLAN_NAMES = {"self_node": "node_name", "prefix": "label_prefix"}
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        pytest.param({}, id="defaults"),
+        pytest.param(
+            {
+                "node_name": "k7",
+                "cluster": "lab",
+                "label_prefix": "x.example",
+                "tag_allow": "role",
+                "namespaces": frozenset({"a"}),
+                "exclude_namespaces": frozenset({"b"}),
+                "selector": "app=web",
+                "publish_default": False,
+                "replicas": 3,
+                "cloud_name": "mesh",
+                "tag_limit": 2048,
+            },
+            id="every-planner-setting-changed",
+        ),
+    ],
+)
+def test_the_planners_get_every_setting_they_need_from_one_mapping(values: dict) -> None:
+    settings = Settings(**{"node_name": "k1", **values})
+    planned = settings.plan_settings("serf-k1")
+    for field in dataclasses.fields(planned):
+        if field.name == "self_member":
+            assert planned.self_member == "serf-k1"
+            continue
+        source = _PLAN_NAMES.get(field.name, field.name)
+        assert getattr(planned, field.name) == getattr(settings, source), field.name
+    # Both directions plan from the same value: no second settings type to drift apart.
+    assert settings.label_settings("serf-k1") == settings.publish_settings("serf-k1") == planned

@@ -177,8 +177,9 @@ def test_durations_are_finite_and_bounded(runner: CliRunner, args: list[str]) ->
 
 
 def test_query_timeout_at_the_bound_is_accepted(runner: CliRunner) -> None:
-    result = runner.invoke(cli, ["--rpc-addr", f"127.0.0.1:{free_port()}", "query", "q",
-                                 "--timeout", "3600"])  # fmt: skip
+    result = runner.invoke(
+        cli, ["--rpc-addr", f"127.0.0.1:{free_port()}", "query", "q", "--timeout", "3600"]
+    )
     one_line(result, 1, "cannot reach the serf agent")
 
 
@@ -219,11 +220,17 @@ class FakeStatusServer:
 
 
 GOOD = {
-    "node": "n1", "cluster": "lab", "ready": True, "reason": "synced", "budget_used": 42,
-    "tag_limit": 512, "last_sync": {"to-k8s": 1.7e9},
+    "node": "n1",
+    "cluster": "lab",
+    "ready": True,
+    "reason": "synced",
+    "budget_used": 42,
+    "tag_limit": 512,
+    "last_sync": {"to-k8s": 1.7e9},
     "publishes": [{"s": "web", "p": "30080", "d": "shop", "t": "k8s=lab/default/shop/80"}],
-    "left_out": [], "errors": {},
-}  # fmt: skip
+    "left_out": [],
+    "errors": {},
+}
 
 
 @pytest.mark.parametrize(
@@ -277,12 +284,25 @@ def test_handle_reads_a_bounded_stdin(tmp_path: Path) -> None:
     env = {**os.environ, "SERF_EVENT": "member-join", "HOME": str(tmp_path)}
     env.pop("KUBERNETES_SERVICE_HOST", None)
     socket_path = str(tmp_path / "no.sock")
-    argv = [commands.command(), "--config", str(empty),
-            "--kubeconfig", "/dev/zero", "handle", "--handler-socket", socket_path]  # fmt: skip
+    argv = [
+        commands.command(),
+        "--config",
+        str(empty),
+        "--kubeconfig",
+        "/dev/zero",
+        "handle",
+        "--handler-socket",
+        socket_path,
+    ]
     with open("/dev/zero", "rb") as zero:
         done = subprocess.run(
-            argv, stdin=zero, capture_output=True, text=True, env=env, timeout=60,
+            argv,
+            stdin=zero,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
             preexec_fn=limit,
-        )  # fmt: skip
+        )
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip() == "error: kubeconfig /dev/zero is not a regular file"

@@ -67,9 +67,15 @@ def reference_fit_in_order(room: NodeRoom, entries: Sequence[Entry], limit: int)
 
 def entry_maker(key: str, port: int):  # type: ignore[no-untyped-def]
     def entry_for(node: str) -> Entry:
-        return cloudy.make_entry(description=key.replace("/", "_"), type="kubernetes",
-                                 port=port, host=f"{node}.guifi.local", ip="10.0.0.1",
-                                 microcloud="lab", txt=f"k8s={key}")  # fmt: skip
+        return cloudy.make_entry(
+            description=key.replace("/", "_"),
+            type="kubernetes",
+            port=port,
+            host=f"{node}.guifi.local",
+            ip="10.0.0.1",
+            microcloud="lab",
+            txt=f"k8s={key}",
+        )
 
     return entry_for
 
@@ -91,9 +97,13 @@ def foreign(n: int, spelled: bool) -> tuple[Entry, ...]:
     entries = []
     for i in range(n):
         entry = cloudy.make_entry(
-            description=f"cloudy_{i}", type="serf", port=5000 + i,
-            host="x.guifi.local", ip="10.0.0.9", microcloud="lab",
-        )  # fmt: skip
+            description=f"cloudy_{i}",
+            type="serf",
+            port=5000 + i,
+            host="x.guifi.local",
+            ip="10.0.0.9",
+            microcloud="lab",
+        )
         entries.append(
             entry.with_raw(FOREIGN_RAW.replace("5000", str(5000 + i))) if spelled else entry
         )
@@ -189,20 +199,33 @@ def member(n: str, cloudy_entries: int) -> Member:
     tags = {"k8s": f"lab/{n}"}
     if cloudy_entries:
         entries = [
-            cloudy.make_entry(description=f"app_{i}", type="Docker", port=8000 + i,
-                              host=f"{n}.guifi.local", ip=f"10.0.0.{n[-1]}", microcloud="lab")
+            cloudy.make_entry(
+                description=f"app_{i}",
+                type="Docker",
+                port=8000 + i,
+                host=f"{n}.guifi.local",
+                ip=f"10.0.0.{n[-1]}",
+                microcloud="lab",
+            )
             for i in range(cloudy_entries)
-        ]  # fmt: skip
+        ]
         tags[cloudy.SERVICES_TAG] = cloudy.encode_services(entries)
     return Member(f"serf-{n}", f"10.0.0.{n[-1]}", 7946, tags, "alive")
 
 
 def service(name: str, ports: int, priority: int, replicas: int, ns: str) -> ServiceInfo:
     annotations = {"serfbridge.io/priority": str(priority), "serfbridge.io/replicas": str(replicas)}
-    return ServiceInfo(ns, name, name, "NodePort",
-                       tuple(ServicePort(f"p{p}", 80 + p, 30000 + 7 * p + len(name), "TCP")
-                             for p in range(ports)),
-                       None, {}, annotations, ())  # fmt: skip
+    return ServiceInfo(
+        ns,
+        name,
+        name,
+        "NodePort",
+        tuple(ServicePort(f"p{p}", 80 + p, 30000 + 7 * p + len(name), "TCP") for p in range(ports)),
+        None,
+        {},
+        annotations,
+        (),
+    )
 
 
 service_st = st.builds(
@@ -242,12 +265,15 @@ def world_step(change, services, members):  # type: ignore[no-untyped-def]
 def plans(services, members) -> list[PublishPlan]:  # type: ignore[no-untyped-def]
     return [
         plan_publish(
-            services=services, slices={}, nodes=WORLD_NODES, members=list(members.values()),
+            services=services,
+            slices={},
+            nodes=WORLD_NODES,
+            members=list(members.values()),
             current_tags=members[n].tags,
             settings=PublishSettings(self_node=n, cluster="lab", self_member=f"serf-{n}"),
         )
         for n in WORLD_NODES
-    ]  # fmt: skip
+    ]
 
 
 @settings(max_examples=25, deadline=None)

@@ -11,13 +11,14 @@ from hypothesis import strategies as st
 
 from serfbridge import rendezvous
 from serfbridge.errors import ConfigError
+from serfbridge.failure_hold import FailureHold
 from serfbridge.kubemodels import NodeInfo
+from serfbridge.matching import match_members
 from serfbridge.plan_labels import (
     LabelSettings,
     desired_metadata,
     is_label_name,
     is_label_value,
-    match_members,
     plan_labels,
 )
 from serfbridge.rpc.models import Member
@@ -375,8 +376,46 @@ def test_a_member_recorded_on_its_node_is_recognised_by_other_bridges() -> None:
 def test_a_recent_failure_is_held_back_until_it_settles() -> None:
     members = cluster_members(k3="failed")
     writer = rendezvous.rank("k3", ["k1", "k2"])[0]
-    held = plan_labels(members, NODES, cfg(writer), unsettled={"serf-k3"})
+    hold = FailureHold(5.0, now=100.0, first_seen={"serf-k3": 98.0})  # failed 2 s ago
+    held = plan_labels(members, NODES, cfg(writer), hold=hold)
     assert all(p.node != "k3" for p in held.patches)
     assert any("failed recently" in note for note in held.notes)
     settled = plan_labels(members, NODES, cfg(writer))
     assert any(p.node == "k3" for p in settled.patches)
+
+
+@pytest.mark.parametrize(
+    ("first_seen", "held", "recheck_at", "kept"),
+    [
+        pytest.param({"serf-k3": 98.0}, True, 103.0, {"serf-k3": 98.0}, id="failed-2s-ago"),
+        pytest.param({}, True, 105.0, {"serf-k3": 100.0}, id="first-seen-now"),
+        pytest.param({"serf-k3": 94.0}, False, None, {"serf-k3": 94.0}, id="settled"),
+        pytest.param(
+            {"serf-k3": 98.0, "serf-k2": 90.0},
+            True,
+            103.0,
+            {"serf-k3": 98.0},
+            id="healed-forgotten",
+        ),
+    ],
+)
+def test_the_failure_hold_is_data_in_and_out(
+    first_seen: dict[str, float], held: bool, recheck_at: float | None, kept: dict[str, float]
+) -> None:
+    members = cluster_members(k3="failed")
+    writer = rendezvous.rank("k3", ["k1", "k2"])[0]
+    plan = plan_labels(
+        members, NODES, cfg(writer), hold=FailureHold(5.0, now=100.0, first_seen=first_seen)
+    )
+    assert any(p.node == "k3" for p in plan.patches) is not held
+    assert plan.recheck_at == recheck_at
+    assert dict(plan.hold.first_seen) == kept
+    assert (plan.hold.seconds, plan.hold.now) == (5.0, 100.0)
+
+
+def test_a_one_shot_caller_holds_nothing_back() -> None:
+    members = cluster_members(k3="failed")
+    writer = rendezvous.rank("k3", ["k1", "k2"])[0]
+    plan = plan_labels(members, NODES, cfg(writer), hold=FailureHold.one_shot(now=100.0))
+    assert any(p.node == "k3" for p in plan.patches)
+    assert plan.recheck_at is None

@@ -7,12 +7,13 @@ import json
 
 import pytest
 
-from serfbridge import cloudy
+from serfbridge import cloudy, cloudy_codec
 from serfbridge.errors import ConfigError
 from serfbridge.kubemodels import NodeInfo, ServiceInfo, ServicePort, SliceEndpoint, SliceInfo
-from serfbridge.plan_publish import PublishSettings, parse_selector, plan_publish
+from serfbridge.plan_publish import PublishSettings, plan_publish
 from serfbridge.rpc.budget import encoded_tags_size
 from serfbridge.rpc.models import Member
+from serfbridge.selector import parse_selector
 
 P = "serfbridge.io"
 NODES = {
@@ -316,9 +317,13 @@ def test_event_reporter_names_the_node_and_reports_once_per_reason() -> None:
     assert reporter.report(kube, view, left) == 1
     assert reporter.report(kube, view, left) == 0  # same reason: no second Event
     assert kube.sent == [
-        ("a", "a", "NotPublished", "not published on node k2 (ports 80, 81): budget exceeded: "
-         "limit 512")
-    ]  # fmt: skip
+        (
+            "a",
+            "a",
+            "NotPublished",
+            "not published on node k2 (ports 80, 81): budget exceeded: limit 512",
+        )
+    ]
 
 
 def test_event_reporter_retries_failures_and_reports_again_after_a_gap() -> None:
@@ -368,7 +373,7 @@ def test_a_hostile_foreign_entry_is_kept_byte_for_byte_and_never_fails_the_pass(
     current = {"services": _tag(foreign)}
     p = plan(services, self_node=owner, current=current)
     written = p.change.set_tags["services"]
-    text = cloudy._unpack(written)
+    text = cloudy_codec._unpack(written)
     assert text.startswith("[" + foreign + ",")  # exactly its bytes, first, then ours
     assert [e.port for e in p.entries] == ["30080"]
     assert p.budget_used == encoded_tags_size(p.tags) <= 512

@@ -2,7 +2,7 @@
 
 Each test owns a namespace and runs its daemons with ``--namespace`` so tests sharing the
 session apiserver never see each other's Services. "Converged" is checked two ways:
-an independent model (every eligible Service port on the ``rendezvous.pick`` nodes, built
+an independent model (every eligible Service port on the first ``rendezvous.rank`` nodes, built
 from a fresh LIST, no planner involved) and the planner itself fed with a fresh LIST, fresh
 ``members`` and each agent's current tags, which must have nothing left to change.
 
@@ -313,7 +313,7 @@ def expected_keys(
                 continue
             key = f"{cluster}/{ns}/{name}/{p['port']}"
             txt = cloudy.owner_txt(cluster=cluster, namespace=ns, service=name, port=p["port"])
-            for node in rendezvous.pick(key, sorted(nodes), replicas):
+            for node in rendezvous.rank(key, sorted(nodes))[:replicas]:
                 result[node].add((txt, str(p["nodePort"])))
     return result
 
@@ -466,7 +466,7 @@ def test_two_port_nodeport_on_two_of_three_nodes_change_and_delete(world) -> Non
     def wanted() -> dict[tuple[str, str], set[str]]:
         return {
             (f"k8s=lab/{ns}/web/{port}", np): {
-                f"serf-{n}" for n in rendezvous.pick(f"lab/{ns}/web/{port}", w.nodes, 2)
+                f"serf-{n}" for n in rendezvous.rank(f"lab/{ns}/web/{port}", w.nodes)[:2]
             }
             for port, np in node_ports.items()
         }
