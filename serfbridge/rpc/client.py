@@ -24,8 +24,8 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 
-from serfbridge import localpeers
-from serfbridge.errors import BudgetError, ProtocolError, RPCError, TransportError
+from serfbridge import defaults, localpeers
+from serfbridge.errors import ProtocolError, RPCError, TransportError
 from serfbridge.re2syntax import check_go_regex
 from serfbridge.rpc import budget
 from serfbridge.rpc.events import Reply
@@ -35,7 +35,7 @@ from serfbridge.rpc.stream import Stream
 from serfbridge.rpc.transport import Connector, connect_tcp, split_addr
 from serfbridge.rpc.wire import Wire, dial
 
-DEFAULT_ADDR = "127.0.0.1:7373"
+DEFAULT_ADDR = defaults.RPC_ADDR
 DEFAULT_TIMEOUT = 10.0
 
 
@@ -49,7 +49,7 @@ class SerfClient:
         auth_key: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         connect_attempts: int = 3,
-        tag_limit: int = budget.DEFAULT_TAG_LIMIT,
+        tag_limit: int = defaults.TAG_LIMIT,
         trusted_uids: frozenset[int] | None = None,
         connect: Connector | None = None,
     ) -> None:
@@ -199,14 +199,12 @@ class SerfClient:
         set_tags, delete = dict(set_tags or {}), list(delete)
         now = dict(current) if current is not None else self.local_tags()
         result = budget.merged_tags(now, set_tags=set_tags, delete=delete)
-        size = budget.encoded_tags_size(result)
-        if size > self.tag_limit:
-            raise BudgetError(
-                f"tag set would take {size} bytes; the agent's limit is {self.tag_limit} bytes "
-                "(nothing was sent)",
-                size=size,
-                limit=self.tag_limit,
-            )
+        budget.check_fits(
+            result,
+            limit=self.tag_limit,
+            refusal="tag set would take {size} bytes; the agent's limit is {limit} bytes "
+            "(nothing was sent)",
+        )
         self._request("tags", {"Tags": set_tags, "DeleteTags": delete})
         return result
 
