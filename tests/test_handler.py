@@ -8,7 +8,8 @@ import threading
 
 import pytest
 
-from serfbridge.handler import DEFAULT_SOCKET, SerfEvent, hand_over, parse_event, socket_path
+from serfbridge.defaults import HANDLER_SOCKET as DEFAULT_SOCKET
+from serfbridge.handler import SerfEvent, hand_over, parse_event, socket_path
 
 
 @pytest.mark.parametrize(

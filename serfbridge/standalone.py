@@ -1,0 +1,94 @@
+"""A Serf event with no daemon: hand it over if one listens, else one to-k8s pass here.
+
+The one function both entries call: ``serfbridge handle`` (the CLI command, with
+settings from click) calls ``handle_event``; ``serfbridge-handle`` (``handler.main``),
+which has already tried the hand-over on its fast path, calls ``main`` with its
+environment, and the settings are built here from the same sources the CLI reads
+(flags aside): the environment, the config file, systemd credentials. The pass is the
+daemon's (``bridge``), with a one-shot failure hold: nothing comes back to re-check.
+
+Callers: ``cli.bridge`` (``handle``) and ``handler.main``. Must not: import the CLI, or
+hand an event over twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Mapping
+
+from serfbridge import bridge, bridge_shim, config, localpeers, logs
+from serfbridge.errors import SerfBridgeError
+from serfbridge.failure_hold import FailureHold
+from serfbridge.handler import SerfEvent, hand_over
+from serfbridge.rpc.client import SerfClient
+
+log = logging.getLogger("serfbridge")
+
+
+def handle_event(event: SerfEvent, settings: config.Settings) -> None:
+    """Hand a member event to a running daemon, else run one to-k8s pass here."""
+    if not event.is_member_event:
+        return  # user events and queries do not change labels
+    if hand_over(settings.handler_socket, event):
+        return
+    run_pass(event, settings)
+
+
+def run_pass(event: SerfEvent, settings: config.Settings) -> int:
+    """One to-k8s pass, as the daemon would run it; returns the PATCHes sent."""
+    from serfbridge import kube  # slow to import: only once no daemon took the event
+
+    client = kube.load_client(settings.kubeconfig)
+    try:
+        nodes = client.list_nodes()
+        with serf_client(settings) as serf:
+            _plan, writes, _settled = bridge_shim.label_pass(
+                bridge.read_serf(serf),
+                bridge.KubeView(nodes=nodes),
+                client,
+                settings,
+                hold=FailureHold.one_shot(time.monotonic()),
+            )
+        log.info("handled %s standalone: %d patch(es)", event.name, writes)
+    finally:
+        client.close()
+    return writes
+
+
+def serf_client(settings: config.Settings) -> SerfClient:
+    return SerfClient(
+        settings.rpc_addr,
+        auth_key=settings.rpc_auth,
+        tag_limit=settings.tag_limit,
+        trusted_uids=localpeers.trusted_uids(settings.agent_users),
+    )
+
+
+def settings_from_env(env: Mapping[str, str]) -> config.Settings:
+    """Settings as ``serfbridge handle`` reads them with no flags: env, file, defaults."""
+    explicit: dict[str, object] = {
+        name: config.convert(name, env[var])
+        for name, var in config.ENV_NAMES.items()
+        if env.get(var)  # click, too, takes an empty variable as unset
+    }
+    auth_file = env.get("SERFBRIDGE_RPC_AUTH_FILE")
+    if auth_file:
+        explicit["rpc_auth"] = config.read_secret_file(auth_file, "--rpc-auth-file")
+    elif "rpc_auth" not in explicit:
+        explicit["rpc_auth"] = config.credential_auth(env)
+    path = env.get("SERFBRIDGE_CONFIG") or config.DEFAULT_CONFIG
+    return config.merge(explicit, config.read_config_file(path))
+
+
+def main(event: SerfEvent, env: Mapping[str, str]) -> None:
+    """``serfbridge-handle`` after its hand-over found no daemon: exit 2 on bad input, 1
+    on a runtime failure, with one line on stderr (as the CLI would)."""
+    try:
+        settings = settings_from_env(env)
+        logs.configure(settings.log_format, 0)
+        run_pass(event, settings)
+    except SerfBridgeError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        sys.exit(2 if exc.bad_input else 1)
