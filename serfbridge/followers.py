@@ -3,8 +3,8 @@
 * ``SerfFollower`` reads the agent's member events from an RPC stream (the client
   re-dials and re-subscribes by itself). A reconnect means the agent may have restarted
   with no tags, so to-serf is poked urgently; so is a member event showing our own
-  member without our tags. A temporary error re-subscribes after a short backoff; a
-  permanent one (auth, protocol) is reported and re-tried only after ``idle`` seconds.
+  member without our tags. A temporary error re-subscribes after a short backoff; after
+  a permanent one (auth, protocol) it waits ``idle`` seconds (the passes report it).
 * ``KubeFollower`` waits on the cache's version and pokes both directions when the
   cache changes or its ``synced`` flag flips.
 
@@ -69,8 +69,10 @@ class SerfFollower:
                 delay = min(delay * 2, BACKOFF[1])
 
     def _delay_after(self, exc: RPCError, delay: float) -> float:
+        # DEBUG only: the passes use the same client and report the error (at ERROR when
+        # it is permanent) with the status and readiness that go with it.
         if exc.retry_after is None:
-            log.error("serf stream: %s (permanent: re-subscribing in %.0fs)", exc, self._idle())
+            log.debug("serf stream: %s; permanent, re-subscribing in %.0fs", exc, self._idle())
             return self._idle()
         log.debug("serf stream: %s; retrying in %.1fs", exc, delay)
         return max(delay, exc.retry_after)

@@ -106,6 +106,11 @@ class Scheduler:
                 self._timers[direction] = Timer(when, urgent)
         self.wake.set()
 
+    def maybe_timer(self, direction: str) -> Timer | None:
+        """The timed poke waiting for ``direction``, if any."""
+        with self._lock:
+            return self._timers.get(direction)
+
     def retune(self, *, quiet: float, max_wait: float, resync: float) -> None:
         """New timing (SIGHUP); a shorter resync counts from now, not after the old one."""
         for trigger in self.triggers.values():
