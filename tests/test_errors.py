@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
+from types import ModuleType
 
 import pytest
 
@@ -109,24 +110,27 @@ ELSEWHERE_FOR_NOW = {
 }
 
 
-def package_exceptions() -> set[str]:
+def exceptions_defined_in(package: ModuleType) -> set[str]:
+    """Dotted names of the exception classes each module of ``package`` defines."""
     found = set()
-    for info in pkgutil.walk_packages(serfbridge.__path__, "serfbridge."):
+    for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
         if info.name.endswith(".__main__"):
             continue  # running it is the command line
         module = importlib.import_module(info.name)
-        for name, obj in vars(module).items():
-            if (
-                inspect.isclass(obj)
-                and issubclass(obj, BaseException)
-                and obj.__module__ == info.name
-            ):
-                found.add(f"{info.name}.{name}")
+        found |= {
+            f"{info.name}.{name}"
+            for name, obj in vars(module).items()
+            if inspect.isclass(obj)
+            and issubclass(obj, BaseException)
+            and obj.__module__ == info.name
+        }
     return found
 
 
 def test_every_exception_of_the_package_lives_in_errors_py() -> None:
-    outside = {n for n in package_exceptions() if not n.startswith("serfbridge.errors.")}
+    outside = {
+        n for n in exceptions_defined_in(serfbridge) if not n.startswith("serfbridge.errors.")
+    }
     assert outside == ELSEWHERE_FOR_NOW
     ours = [
         obj
@@ -134,3 +138,15 @@ def test_every_exception_of_the_package_lives_in_errors_py() -> None:
         if inspect.isclass(obj) and obj.__module__ == errors.__name__
     ]
     assert ours and all(issubclass(obj, SerfBridgeError) for obj in ours)  # one tree
+
+
+def test_the_test_lab_has_one_error_tree_of_its_own() -> None:
+    import tests.lab
+    from tests.lab import errors as lab_errors
+
+    found = exceptions_defined_in(tests.lab)
+    assert found == {
+        f"tests.lab.errors.{n}"
+        for n in ("LabError", "MissingComponent", "PortTaken", "MachineError")
+    }
+    assert not issubclass(lab_errors.LabError, SerfBridgeError)  # never caught as ours
