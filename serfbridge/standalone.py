@@ -69,9 +69,9 @@ def serf_client(settings: config.Settings) -> SerfClient:
 def settings_from_env(env: Mapping[str, str]) -> config.Settings:
     """Settings as ``serfbridge handle`` reads them with no flags: env, file, defaults."""
     explicit: dict[str, object] = {
-        name: config.convert(name, env[var])
-        for name, var in config.ENV_NAMES.items()
-        if env.get(var)  # click, too, takes an empty variable as unset
+        name: _env_value(name, env[config.ENV_NAMES[name]])
+        for name in HANDLE_SETTINGS
+        if env.get(config.ENV_NAMES[name])  # click, too, takes an empty variable as unset
     }
     auth_file = env.get("SERFBRIDGE_RPC_AUTH_FILE")
     if auth_file:
@@ -80,6 +80,46 @@ def settings_from_env(env: Mapping[str, str]) -> config.Settings:
         explicit["rpc_auth"] = config.credential_auth(env)
     path = env.get("SERFBRIDGE_CONFIG") or config.DEFAULT_CONFIG
     return config.merge(explicit, config.read_config_file(path))
+
+
+#: The settings whose variables ``serfbridge handle`` reads (its own options and the
+#: global ones); the others (``--resync``, ``--to-serf``...) are the daemon's or sync's.
+HANDLE_SETTINGS = (
+    "rpc_addr",
+    "rpc_auth",
+    "kubeconfig",
+    "cluster",
+    "node_name",
+    "label_prefix",
+    "log_format",
+    "agent_users",
+    "handler_socket",
+    "tag_allow",
+    "tag_limit",
+    "replicas",
+    "publish_default",
+    "namespaces",
+    "exclude_namespaces",
+    "selector",
+    "cloud_name",
+)
+#: The words click takes for true and false in a flag's environment variable.
+_CLICK_TRUE = ("1", "true", "t", "yes", "y", "on")
+_CLICK_FALSE = ("0", "false", "f", "no", "n", "off")
+
+
+def _env_value(name: str, raw: str) -> object:
+    """One variable as the CLI's option would parse it (click splits a repeatable option's
+    variable on whitespace only; the config file also splits on commas)."""
+    default = getattr(_DEFAULTS, name)
+    if isinstance(default, frozenset):
+        return frozenset(raw.split())
+    if isinstance(default, bool) and raw.strip().lower() in _CLICK_TRUE + _CLICK_FALSE:
+        return raw.strip().lower() in _CLICK_TRUE
+    return config.convert(name, raw)
+
+
+_DEFAULTS = config.Settings(node_name="x")
 
 
 def main(event: SerfEvent, env: Mapping[str, str]) -> None:
