@@ -18,6 +18,7 @@ anything itself, or write while the Kubernetes view is partial (``bridge`` check
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable
@@ -57,6 +58,27 @@ FIXED_SETTINGS = (
 )
 
 
+class SystemdNotify:
+    """sd_notify, opened in ``run`` and closed at shutdown; nothing at all without
+    ``$NOTIFY_SOCKET`` (sdnotify would open a socket then and leak it)."""
+
+    def __init__(self) -> None:
+        self._notifier: sdnotify.SystemdNotifier | None = None
+
+    def open(self) -> None:
+        if os.environ.get("NOTIFY_SOCKET") and self._notifier is None:
+            self._notifier = sdnotify.SystemdNotifier()
+
+    def notify(self, state: str) -> None:
+        if self._notifier is not None:
+            self._notifier.notify(state)
+
+    def close(self) -> None:
+        if self._notifier is not None and self._notifier.socket is not None:
+            self._notifier.socket.close()
+        self._notifier = None
+
+
 class Daemon:
     def __init__(
         self,
@@ -71,7 +93,7 @@ class Daemon:
         self.metrics = Metrics()
         self.stopping = threading.Event()
         self._reload_requested = False
-        self._notifier = sdnotify.SystemdNotifier()
+        self._notifier = SystemdNotify()
         self._ready_sent = False
         self.trusted = localpeers.trusted_uids(settings.agent_users)
         self.serf = SerfClient(
@@ -122,6 +144,7 @@ class Daemon:
             listener.stop()
             raise
         self.metrics.budget.labels("limit").set(s.tag_limit)
+        self._notifier.open()
         self._start_kube()
         self._start_followers()
         log.info(
@@ -190,6 +213,7 @@ class Daemon:
 
     def _shutdown(self, health: HealthServer, listener: HandoffServer) -> None:
         self._notifier.notify("STOPPING=1")
+        self._notifier.close()
         listener.stop()
         if self.cache is not None:
             self.cache.stop(timeout=2)
