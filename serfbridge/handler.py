@@ -166,4 +166,4 @@ def main() -> None:
     signal.setitimer(signal.ITIMER_REAL, STANDALONE_BUDGET)
     from serfbridge import standalone  # no daemon: one pass here, through the bridge
 
-    standalone.main(event, env)
+    standalone.main(event.name, env)

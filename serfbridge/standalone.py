@@ -7,8 +7,8 @@ environment, and the settings are built here from the same sources the CLI reads
 (flags aside): the environment, the config file, systemd credentials. The pass is the
 daemon's (``bridge``), with a one-shot failure hold: nothing comes back to re-check.
 
-Callers: ``cli.bridge`` (``handle``) and ``handler.main``. Must not: import the CLI, or
-hand an event over twice.
+Callers: ``cli.bridge`` (``handle``) and ``handler.main``. Must not: import the CLI or
+the handler (it calls us: events come in as plain names), or hand an event over twice.
 """
 
 from __future__ import annotations
@@ -18,25 +18,26 @@ import sys
 import time
 from collections.abc import Mapping
 
-from serfbridge import bridge, bridge_shim, config, localpeers, logs
+from serfbridge import bridge, bridge_shim, config, handoff, localpeers, logs
 from serfbridge.errors import SerfBridgeError
 from serfbridge.failure_hold import FailureHold
-from serfbridge.handler import SerfEvent, hand_over
+from serfbridge.member_events import MEMBER_EVENTS
 from serfbridge.rpc.client import SerfClient
 
 log = logging.getLogger("serfbridge")
 
 
-def handle_event(event: SerfEvent, settings: config.Settings) -> None:
-    """Hand a member event to a running daemon, else run one to-k8s pass here."""
-    if not event.is_member_event:
+def handle_event(event: str, members: tuple[str, ...], settings: config.Settings) -> None:
+    """Hand a member event (``SERF_EVENT``, the names on stdin) to a running daemon, else
+    run one to-k8s pass here."""
+    if event not in MEMBER_EVENTS:
         return  # user events and queries do not change labels
-    if hand_over(settings.handler_socket, event):
+    if handoff.hand_over(settings.handler_socket, event, members):
         return
     run_pass(event, settings)
 
 
-def run_pass(event: SerfEvent, settings: config.Settings) -> int:
+def run_pass(event: str, settings: config.Settings) -> int:
     """One to-k8s pass, as the daemon would run it; returns the PATCHes sent."""
     from serfbridge import kube  # slow to import: only once no daemon took the event
 
@@ -51,7 +52,7 @@ def run_pass(event: SerfEvent, settings: config.Settings) -> int:
                 settings,
                 hold=FailureHold.one_shot(time.monotonic()),
             )
-        log.info("handled %s standalone: %d patch(es)", event.name, writes)
+        log.info("handled %s standalone: %d patch(es)", event, writes)
     finally:
         client.close()
     return writes
@@ -122,7 +123,7 @@ def _env_value(name: str, raw: str) -> object:
 _DEFAULTS = config.Settings(node_name="x")
 
 
-def main(event: SerfEvent, env: Mapping[str, str]) -> None:
+def main(event: str, env: Mapping[str, str]) -> None:
     """``serfbridge-handle`` after its hand-over found no daemon: exit 2 on bad input, 1
     on a runtime failure, with one line on stderr (as the CLI would)."""
     try:

@@ -302,4 +302,5 @@ def handle(ctx: click.Context, /, **_: object) -> None:
     # Bounded: the member lines are only a trigger (the pass re-reads `members`).
     tty = sys.stdin is None or sys.stdin.isatty()
     stdin = b"" if tty else sys.stdin.buffer.read(handler.MAX_STDIN)
-    standalone.handle_event(handler.parse_event(os.environ, stdin), _settings(ctx))
+    event = handler.parse_event(os.environ, stdin)
+    standalone.handle_event(event.name, event.members, _settings(ctx))
