@@ -129,20 +129,7 @@ class Daemon:
         s = self.settings
         # The listeners first: a bad --handler-socket or --http-addr is one line and exit 2,
         # before the Kubernetes client has started talking (and logging) in the background.
-        listener = HandoffServer(
-            s.handler_socket,
-            self._on_handoff,
-            trusted=self.trusted,
-            open_to_others=bool(s.agent_users),
-            on_refused=lambda reason: self.metrics.refused.labels("handler", reason).inc(),
-        ).start()
-        try:
-            health = HealthServer(
-                s.http_addr, self.metrics, ready=self.ready, status=self.status
-            ).start()
-        except BaseException:
-            listener.stop()
-            raise
+        listener, health = self._start_listeners()
         self.metrics.budget.labels("limit").set(s.tag_limit)
         self._notifier.open()
         self._start_kube()
@@ -166,6 +153,22 @@ class Daemon:
     def stop(self) -> None:
         self.stopping.set()
         self.scheduler.wake.set()
+
+    def _start_listeners(self) -> tuple[HandoffServer, HealthServer]:
+        s = self.settings
+        listener = HandoffServer(
+            s.handler_socket,
+            self._on_handoff,
+            trusted=self.trusted,
+            open_to_others=bool(s.agent_users),
+            on_refused=lambda reason: self.metrics.refused.labels("handler", reason).inc(),
+        ).start()
+        try:
+            health = HealthServer(s.http_addr, self.metrics, ready=self.ready, status=self.status)
+        except BaseException:
+            listener.stop()
+            raise
+        return listener, health.start()
 
     def _start_kube(self) -> None:
         if self._kube_factory is None:

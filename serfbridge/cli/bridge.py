@@ -13,6 +13,7 @@ import click
 
 from serfbridge import config, logs
 from serfbridge.cli.base import CliState, _client, check_seconds, cli, explicit_values
+from serfbridge.defaults import HANDLER_SOCKET
 from serfbridge.errors import KubeUnavailable
 
 if TYPE_CHECKING:
@@ -140,7 +141,7 @@ def _kube_cache(s: config.Settings, *, wait: float | None) -> tuple[KubeClient, 
     "--handler-socket",
     envvar="SERFBRIDGE_HANDLER_SOCKET",
     show_envvar=True,
-    help="Unix socket the event handler hands events to [default: /run/serfbridge/handler.sock].",
+    help=f"Unix socket the event handler hands events to [default: {HANDLER_SOCKET}].",
 )
 @click.option(
     "--resync",
@@ -287,7 +288,7 @@ def _print_publish_plan(plan: PublishPlan, dry_run: bool, writes: int, s: config
     "--handler-socket",
     envvar="SERFBRIDGE_HANDLER_SOCKET",
     show_envvar=True,
-    help="Where a running daemon takes events [default: /run/serfbridge/handler.sock].",
+    help=f"Where a running daemon takes events [default: {HANDLER_SOCKET}].",
 )
 @click.pass_context
 def handle(ctx: click.Context, /, **_: object) -> None:
