@@ -2,8 +2,11 @@
 
 Every module translates the errors of the libraries it wraps (msgpack, sockets,
 `kubernetes`) into these classes at its boundary, with ``raise ... from exc`` so the
-cause stays chained. Loops decide whether to retry from ``temporary``; the CLI maps
-``UsageError`` (and its kin) to exit code 2 and everything else to 1.
+cause stays chained. Retry is a value on each class: ``retry_after`` is the seconds a
+loop waits before trying again (a ``TemporaryError``), or None when trying again cannot
+help (a ``PermanentError``: forbidden, auth, protocol, configuration), so the loop stops
+and reports it. ``temporary`` is derived from it. The CLI maps ``UsageError`` (and its
+kin) to exit code 2 and everything else to 1.
 
 This module must not import anything from the rest of the package.
 """
@@ -12,21 +15,39 @@ from __future__ import annotations
 
 
 class SerfBridgeError(Exception):
-    """Root of every error serfbridge raises on purpose."""
+    """Root of every error serfbridge raises on purpose; permanent unless a class says."""
 
-    #: True when the same operation may succeed later (outage, timeout, conflict).
-    temporary: bool = False
+    #: Seconds after which the same operation may succeed (outage, timeout, conflict);
+    #: None: it will not, so a loop stops retrying and reports it.
+    retry_after: float | None = None
     #: True when the cause is the caller's input (CLI exit code 2).
     bad_input: bool = False
 
+    @property
+    def temporary(self) -> bool:
+        """True when the same operation may succeed later (``retry_after`` is set)."""
+        return self.retry_after is not None
 
-class UsageError(SerfBridgeError):
+
+class TemporaryError(SerfBridgeError):
+    """Mixin: retrying after ``retry_after`` seconds may succeed."""
+
+    retry_after: float | None = 0.0
+
+
+class PermanentError(SerfBridgeError):
+    """Mixin: retrying cannot help until something outside changes (RBAC, a key, a file)."""
+
+    retry_after: float | None = None
+
+
+class UsageError(PermanentError):
     """Invalid input from the user: a bad k=v, a regex that does not compile, a bad port."""
 
     bad_input = True
 
 
-class ConfigError(SerfBridgeError):
+class ConfigError(PermanentError):
     """Invalid or unreadable configuration (flags, env, config file, kubeconfig)."""
 
     bad_input = True
@@ -51,7 +72,7 @@ class RPCError(SerfBridgeError):
     """Anything that went wrong talking to a Serf agent."""
 
 
-class ProtocolError(RPCError):
+class ProtocolError(RPCError, PermanentError):
     """The peer broke the RPC protocol (garbage bytes, unexpected message shapes)."""
 
 
@@ -70,27 +91,21 @@ class RemoteProtocolError(ProtocolError):
 # --- end of RPC protocol errors
 
 
-class TransportError(RPCError):
+class TransportError(RPCError, TemporaryError):
     """The connection could not be made, or it dropped."""
 
-    temporary = True
 
-
-class UntrustedAgent(RPCError):
+class UntrustedAgent(RPCError, TemporaryError):
     """The RPC port on this host is held by a user the agent does not run as (a squatter
     while the agent restarts): nothing, the key least of all, was sent. Temporary: the
     real agent may get its port back."""
 
-    temporary = True
 
-
-class RPCTimeout(RPCError, TimeoutError):
+class RPCTimeout(RPCError, TemporaryError, TimeoutError):
     """The agent did not answer a request in time."""
 
-    temporary = True
 
-
-class AgentError(RPCError):
+class AgentError(RPCError, PermanentError):
     """The agent answered with an error string; ``agent_text`` is its exact text."""
 
     def __init__(self, agent_text: str, *, command: str = "") -> None:
@@ -155,24 +170,20 @@ class KubeError(SerfBridgeError):
     """Anything that went wrong talking to the Kubernetes API."""
 
 
-class KubeNotFound(KubeError):
+class KubeNotFound(KubeError, PermanentError):
     """The object does not exist."""
 
 
-class KubeConflict(KubeError):
+class KubeConflict(KubeError, TemporaryError):
     """A write lost a race (409); read again and retry."""
 
-    temporary = True
 
-
-class KubeForbidden(KubeError):
+class KubeForbidden(KubeError, PermanentError):
     """RBAC refused the request; the message names the verb and resource."""
 
 
-class KubeUnavailable(KubeError):
+class KubeUnavailable(KubeError, TemporaryError):
     """The API server cannot be reached or is not ready."""
-
-    temporary = True
 
 
 # --- Cloudy services codec ------------------------------------------------------------

@@ -4,8 +4,10 @@ Serf runs handlers one at a time on its event loop with no timeout
 (``reference/serf-rpc.md`` §7.4), so this must be quick. The event is only a trigger
 (its stdin cannot carry tags with ``,`` or ``=`` reliably, §7.3): when a local
 ``serfbridge run`` listens on the handler socket, the event is handed over and we exit;
-otherwise one to-k8s pass runs here, with the same planner and applier as the daemon
-(cut off after ``STANDALONE_BUDGET``; refused at once when no credentials exist).
+otherwise one to-k8s pass runs here through ``standalone`` (the bridge, with the same
+planner and applier as the daemon; cut off after ``STANDALONE_BUDGET``; refused at once
+when no credentials exist). Must not: import the CLI, or anything slow before the
+hand-over has been tried.
 
 ``parse_event`` is pure and takes the environment as an argument.
 """
@@ -18,7 +20,8 @@ import sys
 from collections.abc import Mapping
 
 from serfbridge import handoff
-from serfbridge.handoff import MEMBER_EVENTS
+from serfbridge.defaults import HANDLER_SOCKET
+from serfbridge.member_events import MEMBER_EVENTS
 
 
 class SerfEvent:
@@ -80,7 +83,6 @@ def hand_over(path: str, event: SerfEvent, *, timeout: float = 1.0) -> bool:
     return handoff.hand_over(path, event.name, event.members, timeout=timeout)
 
 
-DEFAULT_SOCKET = "/run/serfbridge/handler.sock"
 #: What is read of serf's member lines on stdin (about 40 000 members): they are only a
 #: trigger, the pass re-reads ``members``.
 MAX_STDIN = 4 * 1024 * 1024
@@ -89,7 +91,7 @@ MAX_STDIN = 4 * 1024 * 1024
 def socket_path(env: Mapping[str, str]) -> str:
     """Where the daemon listens: the environment, else the config file, else the default."""
     return env.get("SERFBRIDGE_HANDLER_SOCKET") or _file_values(env).get(
-        "handler_socket", DEFAULT_SOCKET
+        "handler_socket", HANDLER_SOCKET
     )
 
 
@@ -162,6 +164,6 @@ def main() -> None:
 
     signal.signal(signal.SIGALRM, _give_up)
     signal.setitimer(signal.ITIMER_REAL, STANDALONE_BUDGET)
-    from serfbridge.cli import cli  # no daemon: do the work here, with the whole CLI
+    from serfbridge import standalone  # no daemon: one pass here, through the bridge
 
-    cli(args=["handle"], prog_name="serfbridge")
+    standalone.main(event.name, env)

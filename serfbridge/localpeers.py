@@ -2,7 +2,7 @@
 
 Two places trust a local peer, and both ask this module:
 
-* the handler socket (``handoff_server``) takes events only from the agent's user: the
+* the handler socket (``handoff``) takes events only from the agent's user: the
   peer's uid comes from the kernel (``SO_PEERCRED``), never from what it sends;
 * the RPC client (``rpc.client``) talks to an agent on this host only when the socket
   that accepted the connection belongs to the agent's user. While the agent restarts,

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from tests.lab import serfdocker
-from tests.lab.serfagents import IMAGE_ENV, SERF_BIN, AgentSpec, LabError, SerfCluster
+from tests.lab.errors import LabError
+from tests.lab.serfagents import IMAGE_ENV, SERF_BIN, AgentSpec, SerfCluster
 
 _CLUSTERS = pytest.StashKey[list[SerfCluster]]()
 

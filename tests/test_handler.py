@@ -8,7 +8,8 @@ import threading
 
 import pytest
 
-from serfbridge.handler import DEFAULT_SOCKET, SerfEvent, hand_over, parse_event, socket_path
+from serfbridge.defaults import HANDLER_SOCKET as DEFAULT_SOCKET
+from serfbridge.handler import SerfEvent, hand_over, parse_event, socket_path
 
 
 @pytest.mark.parametrize(
@@ -70,7 +71,8 @@ def test_hand_over_fails_fast_when_no_daemon_listens(tmp_path) -> None:
 
 class FakeDaemonSocket:
     """A fake of the daemon's handler socket (the real one is covered in test_to_k8s):
-    it records one line and answers ``ok``, or nothing when ``answer`` is empty."""
+    it records one line and answers ``ok``, or nothing when ``answer`` is empty. A
+    context manager: its sockets are closed when the test ends (no ResourceWarning)."""
 
     def __init__(self, path: str, answer: bytes = b"ok\n") -> None:
         self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -83,20 +85,26 @@ class FakeDaemonSocket:
 
     def _serve(self) -> None:
         conn, _ = self.server.accept()
-        with conn:
-            self.received.append(json.loads(conn.makefile("rb").readline()))
+        with conn, conn.makefile("rb") as lines:
+            self.received.append(json.loads(lines.readline()))
             conn.sendall(self.answer)
+
+    def __enter__(self) -> FakeDaemonSocket:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.thread.join(5)
+        self.server.close()
 
 
 def test_hand_over_sends_the_event_and_waits_for_ok(tmp_path) -> None:
     path = str(tmp_path / "d.sock")
-    fake = FakeDaemonSocket(path)
-    assert hand_over(path, SerfEvent("member-join", "n1", members=("n2",))) is True
-    fake.thread.join(5)
+    with FakeDaemonSocket(path) as fake:
+        assert hand_over(path, SerfEvent("member-join", "n1", members=("n2",))) is True
     assert fake.received == [{"event": "member-join", "members": ["n2"], "count": 1}]
 
 
 def test_hand_over_without_an_ok_counts_as_failed(tmp_path) -> None:
     path = str(tmp_path / "d.sock")
-    FakeDaemonSocket(path, answer=b"")
-    assert hand_over(path, SerfEvent("member-join", "n1"), timeout=1.0) is False
+    with FakeDaemonSocket(path, answer=b""):
+        assert hand_over(path, SerfEvent("member-join", "n1"), timeout=1.0) is False

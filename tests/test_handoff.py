@@ -22,8 +22,13 @@ from hypothesis import strategies as st
 
 from serfbridge import handoff
 from serfbridge.errors import HandoffError
-from serfbridge.handoff import MAX_REQUEST, MEMBER_EVENTS, decode_request, encode_request
-from serfbridge.handoff_server import HandoffServer
+from serfbridge.handoff import (
+    MAX_REQUEST,
+    MEMBER_EVENTS,
+    HandoffServer,
+    decode_request,
+    encode_request,
+)
 from tests import localusers
 
 names = st.text(max_size=300)
@@ -126,7 +131,7 @@ class Served:
 @pytest.fixture(scope="module")
 def recorder() -> Iterator[Recorder]:
     handler = Recorder()
-    logger = logging.getLogger("serfbridge.handoff_server")
+    logger = logging.getLogger("serfbridge.handoff")
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)
     yield handler

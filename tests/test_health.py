@@ -4,14 +4,17 @@ in test_hostile_locals)."""
 
 from __future__ import annotations
 
+import json
 import socket
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 
 import pytest
 
 from serfbridge import health
+from serfbridge.errors import ConfigError
 from serfbridge.health import HealthServer, Metrics
 from tests.lab.serfagents import free_port
 from tests.localusers import descriptors_exhausted
@@ -88,3 +91,90 @@ def test_an_oversized_request_line_still_gets_414(server) -> None:
         sock.sendall(b"GET /" + b"a" * 70_000 + b" HTTP/1.0\r\n\r\n")
         sock.settimeout(3)
         assert sock.recv(100).startswith(b"HTTP/1.0 414")
+
+
+# --- what each path answers ------------------------------------------------------------------
+
+
+class Daemonish:
+    """What the daemon hands the server: a readiness and a status it can change."""
+
+    def __init__(self) -> None:
+        self.state: tuple[bool, str] = (False, "not synced: to-k8s (no pass yet)")
+        self.report: dict[str, object] = {"node": "n1", "errors": {}}
+
+    def ready(self) -> tuple[bool, str]:
+        return self.state
+
+    def status(self) -> dict[str, object]:
+        return self.report
+
+
+@pytest.fixture
+def answering() -> Iterator[tuple[HealthServer, Daemonish]]:
+    daemon = Daemonish()
+    s = HealthServer(
+        f"127.0.0.1:{free_port()}", Metrics(), ready=daemon.ready, status=daemon.status
+    ).start()
+    yield s, daemon
+    s.stop()
+
+
+def fetch(s: HealthServer, path: str) -> tuple[int, str, bytes]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{s.port}{path}", timeout=2) as r:
+            return r.status, r.headers["Content-Type"], r.read()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, exc.headers["Content-Type"], exc.read()
+
+
+@pytest.mark.parametrize(
+    ("path", "ready", "code", "ctype", "body"),
+    [
+        pytest.param("/healthz", False, 200, "text/plain", b"ok\n", id="healthz-even-unready"),
+        pytest.param(
+            "/readyz",
+            False,
+            503,
+            "text/plain",
+            b"not synced: to-k8s (no pass yet)\n",
+            id="readyz-503-with-the-reason",
+        ),
+        pytest.param("/readyz", True, 200, "text/plain", b"ready\n", id="readyz-200"),
+        pytest.param("/readyz?verbose", True, 200, "text/plain", b"ready\n", id="query-ignored"),
+        pytest.param("/nowhere", True, 404, "text/plain", b"not found\n", id="unknown-404"),
+    ],
+)
+def test_each_path_answers(answering, path, ready, code, ctype, body) -> None:
+    s, daemon = answering
+    if ready:
+        daemon.state = (True, "ready")
+    assert fetch(s, path) == (code, ctype, body)
+
+
+def test_status_is_the_daemons_report_as_json(answering) -> None:
+    s, daemon = answering
+    daemon.report = {"node": "n1", "errors": {"to-k8s": "KubeForbidden: forbidden"}}
+    code, ctype, body = fetch(s, "/status")
+    assert (code, ctype) == (200, "application/json")
+    assert json.loads(body) == daemon.report
+
+
+def test_metrics_are_prometheus_text_with_our_names(answering) -> None:
+    s, _ = answering
+    s.metrics.passes.labels("to-k8s").inc()
+    code, ctype, body = fetch(s, "/metrics")
+    assert code == 200 and ctype.startswith("text/plain")
+    assert b'serfbridge_passes_total{direction="to-k8s"} 1.0' in body
+
+
+def test_a_taken_address_is_a_config_error() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"cannot listen on --http-addr 127.0.0.1:{port}"):
+            HealthServer(
+                f"127.0.0.1:{port}", Metrics(), ready=lambda: (True, ""), status=lambda: {}
+            )

@@ -8,7 +8,8 @@ import subprocess
 
 import pytest
 
-from tests.lab.apiserver import LabApiServer, MissingComponent, free_port
+from tests.lab.apiserver import LabApiServer, free_port
+from tests.lab.errors import MissingComponent
 
 pytestmark = pytest.mark.integration
 

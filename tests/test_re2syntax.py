@@ -22,7 +22,8 @@ from serfbridge.cli.serf import check_event_filter
 from serfbridge.errors import UsageError
 from serfbridge.re2syntax import MAX_PATTERN, check_go_regex, go_regex_error
 from serfbridge.rpc.client import SerfClient
-from tests.lab.serfagents import AgentSpec, LabError, SerfCluster, free_port, raw_request
+from tests.lab.errors import LabError
+from tests.lab.serfagents import AgentSpec, SerfCluster, free_port, raw_request
 
 _PIECES_FOR_UNITS = st.sampled_from([*"()[]{}|*+?^$.\\-:,<>PpQEx0129imsU\n", "(?P<", "[:"])
 

@@ -36,7 +36,8 @@ import pytest
 
 from tests.fixtures_kube import KubeObjects, client_for
 from tests.lab.apiserver import LabApiServer
-from tests.lab.nspawn import BootedMachine, MachineError, find_rootfs, wait_until
+from tests.lab.errors import MachineError
+from tests.lab.nspawn import BootedMachine, find_rootfs, wait_until
 from tests.lab.serfagents import AgentSpec, SerfAgent, free_port
 
 pytestmark = pytest.mark.integration

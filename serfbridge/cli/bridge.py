@@ -5,14 +5,22 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
 from serfbridge import config, logs
 from serfbridge.cli.base import CliState, _client, check_seconds, cli, explicit_values
+from serfbridge.defaults import HANDLER_SOCKET
 from serfbridge.errors import KubeUnavailable
+
+if TYPE_CHECKING:
+    from serfbridge.kube import KubeClient
+    from serfbridge.kube_cache import KubeCache
+    from serfbridge.plan_labels import LabelPlan
+    from serfbridge.plan_publish import PublishPlan
 
 log = logging.getLogger("serfbridge")
 
@@ -106,7 +114,7 @@ def _settings(ctx: click.Context) -> config.Settings:
     return state.settings(explicit_values(ctx))
 
 
-def _kube_cache(s: config.Settings, *, wait: float | None) -> tuple[Any, Any]:
+def _kube_cache(s: config.Settings, *, wait: float | None) -> tuple[KubeClient, KubeCache]:
     """A started, watched Kubernetes cache; ``wait`` seconds for its first full list."""
     # The kubernetes import is slow: only the commands that need it pay for it.
     from serfbridge import kube
@@ -133,7 +141,7 @@ def _kube_cache(s: config.Settings, *, wait: float | None) -> tuple[Any, Any]:
     "--handler-socket",
     envvar="SERFBRIDGE_HANDLER_SOCKET",
     show_envvar=True,
-    help="Unix socket the event handler hands events to [default: /run/serfbridge/handler.sock].",
+    help=f"Unix socket the event handler hands events to [default: {HANDLER_SOCKET}].",
 )
 @click.option(
     "--resync",
@@ -180,7 +188,7 @@ def run(ctx: click.Context, /, **_: object) -> None:
     def reload() -> config.Settings:
         return _settings(ctx)
 
-    def kube_factory(settings: config.Settings) -> tuple[Any, Any]:
+    def kube_factory(settings: config.Settings) -> tuple[KubeClient, KubeCache]:
         return _kube_cache(settings, wait=None)
 
     ctx.exit(Daemon(s, reload=reload, kube_factory=kube_factory).run())
@@ -205,23 +213,21 @@ def sync(ctx: click.Context, /, once: bool, dry_run: bool, timeout: float, **_: 
     Env: SERF_RPC_ADDR, SERF_RPC_AUTH, KUBECONFIG, SERFBRIDGE_CLUSTER, SERFBRIDGE_NODE_NAME
     and every option's variable above.
     """
-    from serfbridge import bridge  # the planners load only for the commands that plan
+    # The planners load only for the commands that plan.
+    from serfbridge import bridge, bridge_shim
+    from serfbridge.failure_hold import FailureHold
 
     check_seconds(timeout, "--timeout", maximum=3600)
     s = _settings(ctx)
     client, cache = _kube_cache(s, wait=timeout)
     try:
-        view = bridge.KubeView(
-            nodes=cache.nodes(),
-            services=cache.services(),
-            slices=cache.endpoint_slices(),
-            synced=True,
-        )
+        view = bridge_shim.read_kube(cache)
         with _client(ctx) as serf:
             serf_view = bridge.read_serf(serf)
             if s.to_k8s:
-                plan, writes = bridge.label_pass(
-                    serf_view, view, client, s, dry_run=dry_run, cache=cache
+                hold = FailureHold.one_shot(time.monotonic())  # no later pass re-checks
+                plan, writes, _settled = bridge_shim.label_pass(
+                    serf_view, view, client, s, hold=hold, dry_run=dry_run, cache=cache
                 )
                 _print_label_plan(plan, dry_run, writes)
             if s.to_serf:
@@ -234,7 +240,7 @@ def sync(ctx: click.Context, /, once: bool, dry_run: bool, timeout: float, **_: 
         client.close()
 
 
-def _print_label_plan(plan: Any, dry_run: bool, writes: int) -> None:
+def _print_label_plan(plan: LabelPlan, dry_run: bool, writes: int) -> None:
     verb = "would patch" if dry_run else "patched"
     for patch in plan.patches:
         click.echo(f"to-k8s: {verb} node {patch.node} ({patch.reason})")
@@ -251,7 +257,7 @@ def _print_label_plan(plan: Any, dry_run: bool, writes: int) -> None:
         click.echo(f"to-k8s: {writes} PATCH request(s) sent")
 
 
-def _print_publish_plan(plan: Any, dry_run: bool, writes: int, s: config.Settings) -> None:
+def _print_publish_plan(plan: PublishPlan, dry_run: bool, writes: int, s: config.Settings) -> None:
     for entry in plan.entries:
         click.echo(
             f"to-serf: publishes {entry.type} {entry.port} {entry.description} ({entry.txt})"
@@ -282,7 +288,7 @@ def _print_publish_plan(plan: Any, dry_run: bool, writes: int, s: config.Setting
     "--handler-socket",
     envvar="SERFBRIDGE_HANDLER_SOCKET",
     show_envvar=True,
-    help="Where a running daemon takes events [default: /run/serfbridge/handler.sock].",
+    help=f"Where a running daemon takes events [default: {HANDLER_SOCKET}].",
 )
 @click.pass_context
 def handle(ctx: click.Context, /, **_: object) -> None:
@@ -292,29 +298,10 @@ def handle(ctx: click.Context, /, **_: object) -> None:
     and stdin as Serf provides them. Env: SERFBRIDGE_HANDLER_SOCKET, SERF_RPC_ADDR,
     SERF_RPC_AUTH, KUBECONFIG, SERFBRIDGE_CLUSTER, SERFBRIDGE_NODE_NAME.
     """
-    from serfbridge import (
-        bridge,  # the planners load only for the commands that plan
-        handler,
-    )
+    from serfbridge import handler, standalone  # the planners load only for what plans
 
     # Bounded: the member lines are only a trigger (the pass re-reads `members`).
     tty = sys.stdin is None or sys.stdin.isatty()
     stdin = b"" if tty else sys.stdin.buffer.read(handler.MAX_STDIN)
     event = handler.parse_event(os.environ, stdin)
-    s = _settings(ctx)
-    if not event.is_member_event:
-        return  # user events and queries do not change labels
-    if handler.hand_over(s.handler_socket, event):
-        return
-    from serfbridge import kube
-
-    client = kube.load_client(s.kubeconfig)
-    try:
-        nodes = client.list_nodes()
-        with _client(ctx) as serf:
-            _plan, writes = bridge.label_pass(
-                bridge.read_serf(serf), bridge.KubeView(nodes=nodes), client, s
-            )
-        log.info("handled %s standalone: %d patch(es)", event.name, writes)
-    finally:
-        client.close()
+    standalone.handle_event(event.name, event.members, _settings(ctx))

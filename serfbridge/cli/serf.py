@@ -9,6 +9,7 @@ import click
 
 from serfbridge.cli.base import _client, check_seconds, cli, parse_pairs
 from serfbridge.errors import UsageError
+from serfbridge.member_events import MEMBER_EVENTS
 from serfbridge.printable import escape_controls, valid_text
 from serfbridge.re2syntax import check_go_regex
 from serfbridge.rpc.models import (
@@ -236,16 +237,13 @@ def _follow(items: Iterator[StreamItem], count: int, as_json: bool) -> None:
             return
 
 
-_MEMBER_EVENTS = ("member-join", "member-leave", "member-failed", "member-update", "member-reap")
-
-
 def check_event_filter(text: str) -> str:
     """The agent's own filter rule (reference/serf-rpc.md §4), checked before sending:
     comma-separated ``*``, member event types, ``user[:NAME]``, ``query[:NAME]``; "" is ``*``.
     """
     for entry in text.split(",") if text else ():
         kind, _, _ = entry.partition(":")
-        if not (entry in ("*", *_MEMBER_EVENTS) or kind in ("user", "query")):
+        if not (entry in ("*", *MEMBER_EVENTS) or kind in ("user", "query")):
             raise UsageError(
                 f"stream filter: {entry!r} is not *, a member event type, user[:NAME] or "
                 "query[:NAME] (entries are comma-separated, without spaces)"

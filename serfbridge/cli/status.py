@@ -129,13 +129,12 @@ def _status_problem(report: object) -> str | None:
 
 
 def _computed_status(ctx: click.Context, s: config.Settings) -> dict[str, Any]:
-    from serfbridge import bridge  # the planners load only for the commands that plan
+    # The planners load only for the commands that plan.
+    from serfbridge import bridge, bridge_shim
 
     client, cache = _kube_cache(s, wait=30)
     try:
-        view = bridge.KubeView(
-            nodes=cache.nodes(), services=cache.services(), slices=cache.endpoint_slices()
-        )
+        view = bridge_shim.read_kube(cache)
         with _client(ctx) as serf:
             plan, _ = bridge.publish_pass(serf, bridge.read_serf(serf), view, None, s, dry_run=True)
     finally:

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from serfbridge import member_events
 from serfbridge.errors import RemoteProtocolError
 
 # --- raw-value checks ------------------------------------------------------------------
@@ -205,9 +206,7 @@ def parse_members(obj: object) -> tuple[Member, ...]:
 
 # --- stream records (§4, §5) -----------------------------------------------------------
 
-MEMBER_EVENTS = frozenset(
-    {"member-join", "member-leave", "member-failed", "member-update", "member-reap"}
-)
+MEMBER_EVENTS = frozenset(member_events.MEMBER_EVENTS)
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from serfbridge.errors import SerfBridgeError
+from tests.lab.errors import LabError, MissingComponent
 
 DEFAULT_CACHE = "/var/cache/serfbridge"
 SERVICE_ACCOUNT_USER = "system:serviceaccount:kube-system:serfbridge"
@@ -39,14 +39,6 @@ SERVICE_ACCOUNT_GROUPS = (
     "system:serviceaccounts:kube-system",
     "system:authenticated",
 )
-
-
-class LabError(SerfBridgeError):
-    """The lab cluster could not be started or driven."""
-
-
-class MissingComponent(LabError):
-    """A binary the lab needs is not installed; the message says how to install it."""
 
 
 @dataclass(frozen=True)

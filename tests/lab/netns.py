@@ -37,8 +37,9 @@ from pathlib import Path
 from typing import Any
 
 from tests.lab import commands
-from tests.lab.apiserver import LabApiServer, LabError
+from tests.lab.apiserver import LabApiServer
 from tests.lab.bridges import CLUSTER, TUNING, node_body
+from tests.lab.errors import LabError
 from tests.lab.netns_io import Relay, ns_http_get, sh
 
 MESH_NET, MGMT_NET = "10.99.0", "10.99.1"

@@ -17,7 +17,7 @@ import socket
 import subprocess
 import threading
 
-from tests.lab.apiserver import LabError
+from tests.lab.errors import LabError
 
 _CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)

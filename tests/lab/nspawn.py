@@ -31,7 +31,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from serfbridge.errors import SerfBridgeError
+from tests.lab.errors import MachineError
 
 DEFAULT_CACHE = "/var/cache/serfbridge"
 ROOTFS_NAME = "nspawn-bookworm"
@@ -48,10 +48,6 @@ MACHINE_ENV = {
 
 
 _OPEN: list[BootedMachine] = []  # every started machine, for the atexit backstop
-
-
-class MachineError(SerfBridgeError):
-    """The machine could not be booted, reached or driven."""
 
 
 def find_rootfs() -> Path:

@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 import msgpack  # type: ignore[import-untyped,unused-ignore]
 
-from serfbridge.errors import SerfBridgeError
+from tests.lab.errors import LabError, PortTaken
 
 HOST = "127.0.0.1"
 SERF_BIN = "serf"
@@ -56,14 +56,6 @@ _PORT_TAKEN = "address already in use"
 _MAX_JOIN_PEERS = 3
 _SPAWNED: list[subprocess.Popen[bytes]] = []  # every agent process, for the atexit backstop
 _HANDED_OUT: set[int] = set()  # ports given out by this process, never given twice
-
-
-class LabError(SerfBridgeError):
-    """The lab cluster could not do what was asked (agent died, timeout, RPC refusal)."""
-
-
-class _PortTakenError(LabError):
-    """The agent exited because one of its ports was taken between picking and binding."""
 
 
 @dataclass(frozen=True)
@@ -229,7 +221,7 @@ class SerfAgent:
                 self._wait_ready(self._spawn())
                 self._ports_fixed = True
                 return
-            except _PortTakenError:
+            except PortTaken:
                 if attempt == 4:
                     raise
                 if self._ports_fixed:
@@ -349,7 +341,7 @@ class SerfAgent:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 tail = self.log_tail()
-                error = _PortTakenError if _PORT_TAKEN in tail.lower() else LabError
+                error = PortTaken if _PORT_TAKEN in tail.lower() else LabError
                 raise error(
                     f"serf agent {self.name} exited with {proc.returncode} before its RPC "
                     f"answered; log tail:\n{tail}"

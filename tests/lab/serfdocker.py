@@ -33,13 +33,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from tests.lab.errors import LabError, PortTaken
 from tests.lab.serfagents import (
     _PORT_TAKEN,
     IMAGE_ENV,
     AgentSpec,
-    LabError,
     SerfAgent,
-    _PortTakenError,
     free_port,
 )
 
@@ -124,7 +123,7 @@ class DockerSerfAgent(SerfAgent):
                 self._launch()
                 self._ports_fixed = True
                 return
-            except _PortTakenError:
+            except PortTaken:
                 if attempt == 4:
                     raise
                 if self._ports_fixed:
@@ -219,7 +218,7 @@ class DockerSerfAgent(SerfAgent):
             running, _, code = self._state()
             if not running:
                 tail = "\n".join(self.log_text()[logged:].splitlines()[-40:])
-                error = _PortTakenError if _PORT_TAKEN in tail.lower() else LabError
+                error = PortTaken if _PORT_TAKEN in tail.lower() else LabError
                 raise error(
                     f"serf agent {self.name} (container {self.container}) exited with {code} "
                     f"before its RPC answered; log tail:\n{tail}"
