@@ -203,18 +203,19 @@ class DaemonReplyError(SerfBridgeError):
 # --- codec and config input errors ----------------------------------------------------
 # Internal signals of the input checkers; each module that raises one translates it at
 # its boundary (``config_rules`` into ConfigError, ``cloudy`` into ServicesDecodeError).
-# The ValueError ones stay ValueError: that is their contract with their callers.
+# They are ValueErrors too (their contract with their callers) and in the one tree, so
+# one that escaped a boundary still reads as ours.
 
 
-class InvalidSetting(ValueError):
+class InvalidSetting(SerfBridgeError, ValueError):
     """One setting's rule broken (``config_rules``); ``validate`` adds the setting's names."""
 
 
-class GoRegexError(ValueError):
+class GoRegexError(SerfBridgeError, ValueError):
     """Go would refuse the pattern; the text is Go's error code and the offending part."""
 
 
-class NotAList(ValueError):
+class NotAList(SerfBridgeError, ValueError):
     """Valid JSON, but not a list (``bounded``); ``kind`` names what it is."""
 
     def __init__(self, kind: str) -> None:
@@ -222,7 +223,7 @@ class NotAList(ValueError):
         self.kind = kind
 
 
-class TooManyItems(ValueError):
+class TooManyItems(SerfBridgeError, ValueError):
     """The JSON list has more items than allowed; the rest was not parsed (``bounded``)."""
 
 

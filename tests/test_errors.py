@@ -101,12 +101,7 @@ def test_rpc_timeout_is_still_a_timeout_error() -> None:
 #: (the kube adapter's 410 Gone; the codecs' and config rules' input errors). Remove an
 #: entry when it moves: equality makes this test fail until the list is kept true.
 ELSEWHERE_FOR_NOW = {
-    "serfbridge.bounded.NotAList",
-    "serfbridge.bounded.TooManyItems",
-    "serfbridge.config_rules.Invalid",
     "serfbridge.kube.Expired",
-    "serfbridge.local_services.LocalListUnreadable",
-    "serfbridge.re2syntax.GoRegexError",
 }
 
 
