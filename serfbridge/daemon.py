@@ -32,9 +32,11 @@ import sdnotify
 from serfbridge import bridge, localpeers
 from serfbridge.config import Settings
 from serfbridge.errors import KubeError, RPCError, SerfBridgeError
+from serfbridge.failure_hold import FailureHold
 from serfbridge.handoff import HandOff
 from serfbridge.handoff_server import HandoffServer
 from serfbridge.health import HealthServer, Metrics
+from serfbridge.plan_events import EventKey
 from serfbridge.plan_labels import K8S_TAG
 from serfbridge.rpc.client import SerfClient
 from serfbridge.rpc.models import Member, MemberEvent, Reconnected
@@ -101,7 +103,7 @@ class Daemon:
         self._recheck_at: float | None = None
         self._last_notes: tuple[str, ...] = ()
         self._last_plan: dict[str, object] = {}
-        self._events = bridge.EventReporter(settings.node_name)
+        self._reported: frozenset[EventKey] = frozenset()  # Events sent (bridge.plan_events)
         self.trusted = localpeers.trusted_uids(settings.agent_users)
         self.serf = SerfClient(
             settings.rpc_addr,
@@ -248,13 +250,15 @@ class Daemon:
             self.metrics.rpc_connected.set(1)
             view = self._kube_view()
             if direction == "to-k8s":
+                # MERGE: call-site only; the daemon helper keeps LabelPlan.hold instead.
+                self._unsettled_failures(serf_view.members)  # keeps _failed_since, _recheck_at
                 label_plan, writes = bridge.label_pass(
                     serf_view,
                     view,
                     self.kube,
                     s,
                     cache=self.cache,
-                    unsettled=self._unsettled_failures(serf_view.members),
+                    hold=FailureHold(s.failure_hold, time.monotonic(), self._failed_since),
                 )
                 self._count_rejects(dict(label_plan.skipped))
                 if label_plan.notes != self._last_notes:
@@ -264,7 +268,13 @@ class Daemon:
                 ok = view.synced
             else:
                 plan, writes = bridge.publish_pass(
-                    self.serf, serf_view, view, self.kube, s, cache=self.cache
+                    self.serf,
+                    serf_view,
+                    view,
+                    self.kube,
+                    s,
+                    cache=self.cache,
+                    reported=self._reported if self.kube is not None else None,
                 )
                 self._record_publish(plan, view)
                 ok = True
@@ -311,7 +321,8 @@ class Daemon:
             "problems": list(plan.problems),
         }
         if self.kube is not None and view.synced:  # also when empty: resets what was sent
-            self.metrics.kube_events.inc(self._events.report(self.kube, view, plan.left_out))
+            self._reported = plan.events.sent
+            self.metrics.kube_events.inc(plan.events_created)
 
     def _on_error(self, direction: str, exc: SerfBridgeError) -> None:
         kind = type(exc).__name__

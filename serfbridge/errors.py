@@ -172,3 +172,12 @@ class ServicesDecodeError(SerfBridgeError):
 
 class DaemonReplyError(SerfBridgeError):
     """What answered on the daemon's HTTP address is not a daemon's /status (exit 1)."""
+
+
+# --- kube watch errors (kube helper) ---------------------------------------------------
+
+
+class Expired(KubeError):
+    """410 Gone: the resourceVersion is too old (compacted); relist."""
+
+    temporary = True

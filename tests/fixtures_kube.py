@@ -22,7 +22,7 @@ import pytest
 
 from serfbridge import kube
 from serfbridge.errors import KubeNotFound
-from serfbridge.kube_cache import KubeCache
+from serfbridge.kube_cache import Change, KubeCache
 from tests.lab.apiserver import LabApiServer, TokenUser, serfbridge_service_account
 
 _RUNNING: list[LabApiServer] = []
@@ -166,12 +166,12 @@ class ChangeLog:
     """An ``on_change`` recorder; ``gate`` can hold the watcher thread on a chosen change."""
 
     def __init__(self) -> None:
-        self.changes: list[kube.Change] = []
-        self.hold_on: Callable[[kube.Change], bool] = lambda change: False
+        self.changes: list[Change] = []
+        self.hold_on: Callable[[Change], bool] = lambda change: False
         self.held = threading.Event()
         self.release = threading.Event()
 
-    def __call__(self, change: kube.Change) -> None:
+    def __call__(self, change: Change) -> None:
         self.changes.append(change)
         if self.hold_on(change):
             self.held.set()
@@ -183,7 +183,7 @@ class ChangeLog:
         return [kinds[(c.old is None, c.new is None)] for c in self.changes
                 if c.kind == kind and c.key == key]  # fmt: skip
 
-    def deletions(self) -> list[kube.Change]:
+    def deletions(self) -> list[Change]:
         return [c for c in self.changes if c.new is None]
 
 

@@ -56,14 +56,14 @@ def test_service_account_runs_every_adapter_operation(bridge, admin_objects, sta
     admin_objects.create_slice(f"{svc}-1", svc, node)
     cache = start_cache(bridge)
     assert cache.wait_synced(15), "the ServiceAccount could not list+watch all three kinds"
-    wait_until(lambda: cache.maybe_node(node) and cache.maybe_service("default", svc)
+    wait_until(lambda: cache.nodes().get(node) and cache.services().get(f"default/{svc}")
                and f"default/{svc}-1" in cache.endpoint_slices())  # fmt: skip
-    assert bridge.patch_node_metadata(node, labels={"p/serf-status": "alive"},
-                                      annotations={"p/serf-member": "m"}, cache=cache)  # fmt: skip
-    assert bridge.patch_node_metadata(node, labels={"p/serf-status": None})  # uses a GET
-    wait_until(lambda: cache.maybe_node(node).labels == {"hand": "set"})
-    bridge.create_event(cache.maybe_service("default", svc), reason="NotPublished", message="m")
-    bridge.create_event(cache.maybe_node(node), reason="Test", message="m")
+    bridge.patch_node(node, labels={"p/serf-status": "alive"}, annotations={"p/serf-member": "m"})
+    assert bridge.get_node(node).labels["p/serf-status"] == "alive"  # get: an operation too
+    bridge.patch_node(node, labels={"p/serf-status": None})
+    wait_until(lambda: cache.nodes().get(node).labels == {"hand": "set"})
+    bridge.create_event(cache.services().get(f"default/{svc}"), reason="NotPublished", message="m")
+    bridge.create_event(cache.nodes().get(node), reason="Test", message="m")
     assert cache.synced
 
 

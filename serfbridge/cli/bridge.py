@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -206,6 +207,7 @@ def sync(ctx: click.Context, /, once: bool, dry_run: bool, timeout: float, **_: 
     and every option's variable above.
     """
     from serfbridge import bridge  # the planners load only for the commands that plan
+    from serfbridge.failure_hold import FailureHold
 
     check_seconds(timeout, "--timeout", maximum=3600)
     s = _settings(ctx)
@@ -221,7 +223,13 @@ def sync(ctx: click.Context, /, once: bool, dry_run: bool, timeout: float, **_: 
             serf_view = bridge.read_serf(serf)
             if s.to_k8s:
                 plan, writes = bridge.label_pass(
-                    serf_view, view, client, s, dry_run=dry_run, cache=cache
+                    serf_view,
+                    view,
+                    client,
+                    s,
+                    dry_run=dry_run,
+                    cache=cache,
+                    hold=FailureHold.one_shot(time.monotonic()),
                 )
                 _print_label_plan(plan, dry_run, writes)
             if s.to_serf:
@@ -307,13 +315,18 @@ def handle(ctx: click.Context, /, **_: object) -> None:
     if handler.hand_over(s.handler_socket, event):
         return
     from serfbridge import kube
+    from serfbridge.failure_hold import FailureHold
 
     client = kube.load_client(s.kubeconfig)
     try:
         nodes = client.list_nodes()
         with _client(ctx) as serf:
             _plan, writes = bridge.label_pass(
-                bridge.read_serf(serf), bridge.KubeView(nodes=nodes), client, s
+                bridge.read_serf(serf),
+                bridge.KubeView(nodes=nodes),
+                client,
+                s,
+                hold=FailureHold.one_shot(time.monotonic()),
             )
         log.info("handled %s standalone: %d patch(es)", event.name, writes)
     finally:
