@@ -205,10 +205,13 @@ def test_owned_tags_are_in_the_plan_and_applied_once() -> None:
     ("node_", "synced"),
     [
         pytest.param(set_tags_node(role="web"), False, id="unsynced"),
-        pytest.param(recorded("k1", **{f"{P}/set-tags": '{"role": "web"}', OWNED: "role"}), True,
-                     id="already-recorded"),
+        pytest.param(
+            recorded("k1", **{f"{P}/set-tags": '{"role": "web"}', OWNED: "role"}),
+            True,
+            id="already-recorded",
+        ),
     ],
-)  # fmt: skip
+)
 def test_owned_tags_not_written(node_, synced) -> None:
     kube = FakeKubeWriter()
     view = bridge.KubeView({**RECORDED, "k1": node_}, synced=synced)
@@ -240,8 +243,9 @@ def test_nothing_changed_is_no_tags_call() -> None:
 
 
 def service(name: str) -> ServiceInfo:
-    return ServiceInfo("default", name, name, "NodePort", (ServicePort("", 80, 30080, "TCP"),),
-                       None, {}, {}, ())  # fmt: skip
+    return ServiceInfo(
+        "default", name, name, "NodePort", (ServicePort("", 80, 30080, "TCP"),), None, {}, {}, ()
+    )
 
 
 def event(name: str) -> PlannedEvent:
@@ -287,11 +291,13 @@ def test_publish_pass_reports_left_out_once_and_retries_a_failed_post() -> None:
     names = [e.service.name for e in shown.events.events]
     assert len(names) >= 2 and shown.events_created == len(names)
     kube = FakeKubeWriter(failing={names[0]})
-    first, _ = bridge.publish_pass(FakeTagsSink(), serf_view(), view, kube, tight,
-                                   reported=frozenset())  # fmt: skip
+    first, _ = bridge.publish_pass(
+        FakeTagsSink(), serf_view(), view, kube, tight, reported=frozenset()
+    )
     assert [n for n, _ in kube.events] == names[1:] and first.events_created == len(names) - 1
     kube.failing.clear()
-    second, _ = bridge.publish_pass(FakeTagsSink(), serf_view(), view, kube, tight,
-                                    reported=first.events.sent)  # fmt: skip
+    second, _ = bridge.publish_pass(
+        FakeTagsSink(), serf_view(), view, kube, tight, reported=first.events.sent
+    )
     assert [n for n, _ in kube.events] == [*names[1:], names[0]]
     assert second.events_created == 1 and second.events.sent == shown.events.sent

@@ -21,8 +21,10 @@ def fresh_nodes(client: kube.KubeClient) -> dict[str, kube.NodeInfo]:
 
 def fresh_services(client: kube.KubeClient) -> dict[str, kube.ServiceInfo]:
     reply = client.request("GET", "/api/v1/services", verb="list", resource="services")
-    return {f"{i['metadata']['namespace']}/{i['metadata']['name']}": kube.parse_service(i)
-            for i in reply["items"]}  # fmt: skip
+    return {
+        f"{i['metadata']['namespace']}/{i['metadata']['name']}": kube.parse_service(i)
+        for i in reply["items"]
+    }
 
 
 def test_cache_follows_creates_updates_and_deletes(kube_admin, kube_objects, start_cache):
@@ -35,8 +37,14 @@ def test_cache_follows_creates_updates_and_deletes(kube_admin, kube_objects, sta
     kube_objects.create_node(node, labels={"zone": "a"})
     kube_objects.create_service(svc, annotations={"serfbridge.io/publish": "true"})
     kube_objects.create_slice(f"{svc}-1", svc, node)
-    wait_until(lambda: cache.nodes().get(node) and cache.services().get(f"default/{svc}")
-               and f"default/{svc}-1" in cache.endpoint_slices(), what="creates")  # fmt: skip
+    wait_until(
+        lambda: (
+            cache.nodes().get(node)
+            and cache.services().get(f"default/{svc}")
+            and f"default/{svc}-1" in cache.endpoint_slices()
+        ),
+        what="creates",
+    )
     slice_ = cache.endpoint_slices()[f"default/{svc}-1"]
     assert (slice_.service_name, slice_.endpoints[0].node_name) == (svc, node)
     assert slice_.endpoints[0].ready
@@ -45,8 +53,11 @@ def test_cache_follows_creates_updates_and_deletes(kube_admin, kube_objects, sta
     assert cache.version > version
 
     kube_objects.label_node(node, {"zone": "b"})
-    kube_objects.patch(f"/api/v1/namespaces/default/services/{svc}", "services",
-                       {"metadata": {"annotations": {"serfbridge.io/type": "Docker"}}})  # fmt: skip
+    kube_objects.patch(
+        f"/api/v1/namespaces/default/services/{svc}",
+        "services",
+        {"metadata": {"annotations": {"serfbridge.io/type": "Docker"}}},
+    )
     wait_until(lambda: cache.nodes().get(node).labels == {"zone": "b"}, what="node update")
     wait_until(lambda: "serfbridge.io/type" in cache.services().get(f"default/{svc}").annotations)
 
@@ -107,8 +118,14 @@ def test_relist_after_compaction_410_loses_and_repeats_nothing(
         nowatch_apiserver.compact_etcd()
     finally:
         log.release.set()
-    wait_until(lambda: cache.synced and cache.client.request_counts()["list nodes"] > lists_before
-               and cache.nodes().get(added) is not None, what="relist after 410")  # fmt: skip
+    wait_until(
+        lambda: (
+            cache.synced
+            and cache.client.request_counts()["list nodes"] > lists_before
+            and cache.nodes().get(added) is not None
+        ),
+        what="relist after 410",
+    )
     assert any("expired" in r.getMessage() for r in caplog.records), "no 410 seen"
     assert cache.nodes() == fresh_nodes(admin)
     assert cache.services() == fresh_services(admin)

@@ -80,11 +80,15 @@ def test_events_on_a_service_and_a_node(kube_admin, kube_objects, start_cache):
     kube_objects.create_node(node)
     cache = start_cache(kube_admin)
     wait_until(lambda: cache.services().get(f"default/{svc}") and cache.nodes().get(node))
-    kube_admin.create_event(cache.services()[f"default/{svc}"], reason="NotPublished",
-                            message="not published: budget exceeded")  # fmt: skip
+    kube_admin.create_event(
+        cache.services()[f"default/{svc}"],
+        reason="NotPublished",
+        message="not published: budget exceeded",
+    )
     kube_admin.create_event(cache.nodes()[node], reason="SerfFailed", message="m", type="Normal")
-    events = kube_admin.request("GET", "/api/v1/namespaces/default/events", verb="list",
-                                resource="events")["items"]  # fmt: skip
+    events = kube_admin.request(
+        "GET", "/api/v1/namespaces/default/events", verb="list", resource="events"
+    )["items"]
     mine = {
         e["involvedObject"]["name"]: e for e in events if e["source"]["component"] == "serfbridge"
     }

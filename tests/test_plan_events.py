@@ -48,11 +48,14 @@ SERVICES = {"default/a": svc("a"), "default/b": svc("b")}
         ),
         pytest.param((left("zz"),), frozenset(), [], set(), id="unknown-service-skipped"),
         pytest.param(
-            (left("b"), left("a")), frozenset(), [key("a"), key("b")], {key("a"), key("b")},
+            (left("b"), left("a")),
+            frozenset(),
+            [key("a"), key("b")],
+            {key("a"), key("b")},
             id="sorted-by-service",
         ),
     ],
-)  # fmt: skip
+)
 def test_plan_events(left_out, sent, expected_events, expected_sent) -> None:
     plan = plan_events(left_out, SERVICES, node="k1", sent=sent)
     assert [e.key for e in plan.events] == expected_events
@@ -117,9 +120,13 @@ def test_event_reporter_names_the_node_and_reports_once_per_reason() -> None:
     assert reporter.report(kube, services, lefts) == 1
     assert reporter.report(kube, services, lefts) == 0  # same reason: no second Event
     assert kube.sent == [
-        ("a", "a", "NotPublished", "not published on node k2 (ports 80, 81): budget exceeded: "
-         "limit 512")
-    ]  # fmt: skip
+        (
+            "a",
+            "a",
+            "NotPublished",
+            "not published on node k2 (ports 80, 81): budget exceeded: limit 512",
+        )
+    ]
 
 
 def test_event_reporter_retries_failures_and_reports_again_after_a_gap() -> None:
