@@ -24,7 +24,7 @@ from serfbridge.config import Settings
 from serfbridge.errors import KubeConflict, KubeError
 from serfbridge.failure_hold import FailureHold, settle
 from serfbridge.kubemodels import NodeInfo, ServiceInfo, SliceInfo
-from serfbridge.plan_events import EventKey, EventPlan, plan_events
+from serfbridge.plan_events import EventKey, EventPlan, PlannedEvent, plan_events
 from serfbridge.plan_labels import LabelPlan, NodePatch, plan_labels
 from serfbridge.plan_owned import maybe_owned_tags_patch
 from serfbridge.plan_publish import LeftOut, PublishPlan, plan_publish
@@ -266,7 +266,17 @@ def apply_publish_pass(
     cache: KubeCache | None,
 ) -> tuple[PublishPass, int]:
     """The one place a to-serf pass writes; returns the pass as applied and tags calls."""
-    plan, writes = planned.plan, 0
+    writes = _apply_tags(serf, planned.plan, current=current, tag_limit=settings.tag_limit)
+    if kube is not None and planned.owned is not None:
+        _record_owned_tags(kube, planned.owned, cache)
+    return replace(planned, events=apply_events(kube, planned.events)), writes
+
+
+def _apply_tags(
+    serf: TagsWriter, plan: PublishPlan, *, current: Mapping[str, str], tag_limit: int
+) -> int:
+    """One ``tags`` call unless the plan changes nothing; returns the calls made."""
+    writes = 0
     if not plan.change.noop:
         serf.tags(plan.change.set_tags, plan.change.delete, current=current)
         writes = 1
@@ -274,20 +284,13 @@ def apply_publish_pass(
             "published %d entries (%d bytes of %d); tags set %s, deleted %s",
             len(plan.entries),
             plan.budget_used,
-            settings.tag_limit,
+            tag_limit,
             sorted(plan.change.set_tags),
             list(plan.change.delete),
         )
     for problem in plan.problems:
         log.warning("publish: %s", problem)
-    if kube is None:  # nothing reported: a later pass with a writer reports it all
-        unsent = {e.key for e in planned.events.events}
-        return replace(
-            planned, events=replace(planned.events, sent=planned.events.sent - unsent)
-        ), writes
-    if planned.owned is not None:
-        _record_owned_tags(kube, planned.owned, cache)
-    return replace(planned, events=apply_events(kube, planned.events)), writes
+    return writes
 
 
 def _record_owned_tags(kube: KubeWriter, patch: NodePatch, cache: KubeCache | None) -> None:
@@ -297,19 +300,22 @@ def _record_owned_tags(kube: KubeWriter, patch: NodePatch, cache: KubeCache | No
         log.warning("could not record %s on node %s: %s", _describe(patch), patch.node, exc)
 
 
-def apply_events(kube: KubeWriter, plan: EventPlan) -> EventPlan:
-    """Create the planned Events; returns the plan with the failed ones out of ``sent``."""
-    failed: set[EventKey] = set()
-    for event in plan.events:
-        svc = event.service
-        try:
-            kube.create_event(svc, reason=event.reason, message=event.message)
-        except KubeError as exc:
-            log.warning("could not create an Event on %s/%s: %s", svc.namespace, svc.name, exc)
-            failed.add(event.key)
-            continue
-        log.warning("service %s/%s %s", svc.namespace, svc.name, event.message)
+def apply_events(kube: KubeWriter | None, plan: EventPlan) -> EventPlan:
+    """Create the planned Events; returns the plan with those not created (a failed POST;
+    all of them with no writer) out of ``sent``, so a later pass reports them."""
+    failed = {e.key for e in plan.events if kube is None or not _create_event(kube, e)}
     return replace(plan, sent=plan.sent - failed)
+
+
+def _create_event(kube: KubeWriter, event: PlannedEvent) -> bool:
+    svc = event.service
+    try:
+        kube.create_event(svc, reason=event.reason, message=event.message)
+    except KubeError as exc:
+        log.warning("could not create an Event on %s/%s: %s", svc.namespace, svc.name, exc)
+        return False
+    log.warning("service %s/%s %s", svc.namespace, svc.name, event.message)
+    return True
 
 
 def _describe(patch: NodePatch) -> str:
