@@ -270,6 +270,19 @@ def _print_publish_plan(plan: Any, dry_run: bool, writes: int, s: config.Setting
         )
     for problem in plan.problems:
         click.echo(f"to-serf: problem: {problem}")
+    if plan.owned is not None:  # bridge.PublishPass: every write of the pass is in it
+        for key, value in sorted(plan.owned.annotations.items()):
+            shown = "<remove>" if value is None else value
+            click.echo(
+                f"to-serf: {'would record' if dry_run else 'record'} on node "
+                f"{plan.owned.node} annotation {key}: {shown}"
+            )
+    for event in plan.events.events:
+        svc = event.service
+        click.echo(
+            f"to-serf: {'would report' if dry_run else 'report'} Event {event.reason} "
+            f"on {svc.namespace}/{svc.name}: {event.message}"
+        )
     if plan.change.noop:
         click.echo("to-serf: tags unchanged")
     else:
