@@ -68,8 +68,7 @@ def requests_per_label_change(client: kube.KubeClient, changes: int = 20) -> flo
     cache.wait_synced(60)
     before = sum(client.request_counts().values())
     for i in range(changes):
-        client.patch_node_metadata(f"bench-node-{i}", labels={"serfbridge.io/bench": "1"},
-                                   cache=cache)  # fmt: skip
+        client.patch_node(f"bench-node-{i}", labels={"serfbridge.io/bench": "1"})
     sent = sum(client.request_counts().values()) - before
     cache.stop()
     return sent / changes

@@ -2,9 +2,11 @@
 
 Used by the daemon (each debounced trigger), ``sync --once`` and the standalone event
 handler, so all of them behave the same. A pass reads the truth (Serf ``members`` and
-local tags; the Kubernetes view it is given), calls ``plan_labels`` or ``plan_publish``,
-and, unless ``dry_run``, applies the plan here and nowhere else: Node merge patches,
-one ``tags`` call, Events for what was left out.
+local tags; the Kubernetes view from ``read_kube``, the one place a ``KubeView`` is built),
+calls the planners (``plan_labels``; ``plan_publish``, ``plan_owned``, ``plan_events``),
+and, unless ``dry_run``, applies the plan here and nowhere else: Node merge patches as
+planned (never re-read or re-diffed), one ``tags`` call, the owned-tags annotation, Events
+for what was left out. Every write is in the plan it returns, so ``--dry-run`` shows it.
 
 Must not: decide anything itself (the planners do), or remove anything on a partial
 Kubernetes view (the caller says whether its view is ``synced``).
@@ -13,17 +15,23 @@ Kubernetes view (the caller says whether its view is ``synced``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Protocol
 
+from serfbridge.cloudy import Entry, TagChange
 from serfbridge.config import Settings
 from serfbridge.errors import KubeConflict, KubeError
+from serfbridge.failure_hold import FailureHold
 from serfbridge.kubemodels import NodeInfo, ServiceInfo, SliceInfo
-from serfbridge.plan_labels import LabelPlan, plan_labels
+from serfbridge.plan_events import EventKey, EventPlan, PlannedEvent, plan_events
+from serfbridge.plan_labels import LabelPlan, NodePatch, plan_labels
+from serfbridge.plan_owned import maybe_owned_tags_patch
 from serfbridge.plan_publish import LeftOut, PublishPlan, plan_publish
-from serfbridge.rpc.client import SerfClient
 from serfbridge.rpc.models import Member
+
+if TYPE_CHECKING:  # the cache pulls in `kubernetes`; the standalone handler must not load it
+    from serfbridge.kube_cache import KubeCache
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +53,39 @@ class SerfView:
     tags: Mapping[str, str]
 
 
-def read_serf(serf: SerfClient) -> SerfView:
+class SerfReader(Protocol):
+    """The Serf side of reading (``rpc.client.SerfClient`` fits)."""
+
+    def stats(self) -> dict[str, dict[str, str]]: ...
+
+    def members(self) -> tuple[Member, ...]: ...
+
+
+class TagsWriter(Protocol):
+    """The Serf side of applying: one ``tags`` call (``rpc.client.SerfClient`` fits)."""
+
+    def tags(
+        self, set_tags: Mapping[str, str], delete: Iterable[str], *, current: Mapping[str, str]
+    ) -> object: ...
+
+
+class KubeWriter(Protocol):
+    """The Kubernetes side of applying: what a pass may write (``kube.KubeClient`` fits)."""
+
+    def patch_node(
+        self,
+        name: str,
+        *,
+        labels: Mapping[str, str | None] | None = None,
+        annotations: Mapping[str, str | None] | None = None,
+    ) -> None: ...
+
+    def create_event(
+        self, involved: NodeInfo | ServiceInfo, *, reason: str, message: str, type: str = "Warning"
+    ) -> None: ...
+
+
+def read_serf(serf: SerfReader) -> SerfView:
     """Members, our own member name, and our agent's tags: two round trips."""
     stats = serf.stats()
     return SerfView(
@@ -53,21 +93,20 @@ def read_serf(serf: SerfClient) -> SerfView:
     )
 
 
-class KubeWriter(Protocol):
-    """The Kubernetes side of applying: what a pass may write (``kube.KubeClient`` fits)."""
+def read_kube(cache: KubeCache | None) -> KubeView:
+    """The Kubernetes view of one pass: the cache's snapshot, unsynced when there is none."""
+    if cache is None:
+        return KubeView(nodes={}, synced=False)
+    synced = cache.synced  # read first: a view is never called synced after the fact
+    return KubeView(
+        nodes=cache.nodes(),
+        services=cache.services(),
+        slices=cache.endpoint_slices(),
+        synced=synced,
+    )
 
-    def patch_node_metadata(
-        self,
-        name: str,
-        *,
-        labels: Mapping[str, str | None] | None = None,
-        annotations: Mapping[str, str | None] | None = None,
-        cache: Any = None,
-    ) -> bool: ...
 
-    def create_event(
-        self, involved: NodeInfo | ServiceInfo, *, reason: str, message: str, type: str = "Warning"
-    ) -> None: ...
+# --- to-k8s ----------------------------------------------------------------------------
 
 
 def label_pass(
@@ -76,47 +115,103 @@ def label_pass(
     kube: KubeWriter | None,
     settings: Settings,
     *,
+    hold: FailureHold,
     dry_run: bool = False,
-    cache: Any = None,
-    unsettled: Collection[str] = (),
+    cache: KubeCache | None = None,
 ) -> tuple[LabelPlan, int]:
     """Plan Node labels and apply them; returns the plan and the number of PATCHes sent."""
-    if not kube_view.synced:
-        return LabelPlan(patches=(), notes=("kubernetes view not synced: nothing written",)), 0
+    if not kube_view.synced:  # nothing decided, so the hold's memory is kept as it was
+        note = "kubernetes view not synced: nothing written"
+        return LabelPlan(patches=(), notes=(note,), hold=hold), 0
     plan = plan_labels(
         serf_view.members,
         kube_view.nodes,
         settings.label_settings(serf_view.self_member),
-        unsettled=unsettled,
+        hold=hold,
     )
     if dry_run or kube is None:
         return plan, 0
+    return plan, apply_node_patches(kube, plan.patches, cache=cache)
+
+
+def apply_node_patches(
+    kube: KubeWriter, patches: Iterable[NodePatch], *, cache: KubeCache | None
+) -> int:
+    """Send each planned patch as it is; returns how many were sent.
+
+    A conflict is skipped (the next pass plans again from fresh data). Each sent patch is
+    written through into ``cache`` so a pass before its watch event does not repeat it.
+    """
     writes = 0
-    for patch in plan.patches:
+    for patch in patches:
         try:
-            sent = kube.patch_node_metadata(
-                patch.node, labels=patch.labels, annotations=patch.annotations, cache=cache
-            )
+            _send_patch(kube, patch, cache)
         except KubeConflict:
             log.info("node %s changed under us; the next pass retries", patch.node)
             continue
-        if sent:
-            writes += 1
-            log.info("labelled node %s (%s): %s", patch.node, patch.reason, _describe(patch.labels))
-    return plan, writes
+        writes += 1
+        log.info("labelled node %s (%s): %s", patch.node, patch.reason, _describe(patch))
+    return writes
 
 
-def publish_pass(
-    serf: SerfClient,
+def _send_patch(kube: KubeWriter, patch: NodePatch, cache: KubeCache | None) -> None:
+    kube.patch_node(patch.node, labels=patch.labels, annotations=patch.annotations)
+    if cache is not None:
+        cache.note_patched(patch.node, labels=patch.labels, annotations=patch.annotations)
+
+
+# --- to-serf ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PublishPass:
+    """Every write of one to-serf pass: the ``tags`` call, our owned-tags patch, Events.
+
+    Reads like the ``PublishPlan`` it wraps (``entries``, ``left_out``, ``change``,
+    ``budget_used``, ``problems``) for callers that print or count it. After applying,
+    ``events.sent`` is what was really reported (a failed POST is left out, so it is
+    retried); keep it and pass it as ``reported`` next time.
+    """
+
+    plan: PublishPlan
+    owned: NodePatch | None = None
+    events: EventPlan = field(default_factory=EventPlan)
+
+    @property
+    def entries(self) -> tuple[Entry, ...]:
+        return self.plan.entries
+
+    @property
+    def left_out(self) -> tuple[LeftOut, ...]:
+        return self.plan.left_out
+
+    @property
+    def change(self) -> TagChange:
+        return self.plan.change
+
+    @property
+    def budget_used(self) -> int:
+        return self.plan.budget_used
+
+    @property
+    def problems(self) -> tuple[str, ...]:
+        return self.plan.problems
+
+    @property
+    def events_created(self) -> int:
+        """Events this pass creates (planned, or after applying: really created)."""
+        return sum(1 for e in self.events.events if e.key in self.events.sent)
+
+
+def plan_publish_pass(
     serf_view: SerfView,
     kube_view: KubeView,
-    kube: KubeWriter | None,
     settings: Settings,
     *,
-    dry_run: bool = False,
-    cache: Any = None,
-) -> tuple[PublishPlan, int]:
-    """Plan this node's tags and apply them with one ``tags`` call at most."""
+    reported: frozenset[EventKey] | None,
+) -> PublishPass:
+    """The whole to-serf plan. ``reported`` None: plan no Events (a caller that keeps no
+    reported set between passes, so it cannot report once per reason)."""
     plan = plan_publish(
         services=kube_view.services,
         slices=kube_view.slices,
@@ -126,88 +221,101 @@ def publish_pass(
         settings=settings.publish_settings(serf_view.self_member),
         allow_removal=kube_view.synced,
     )
+    owned = maybe_owned_tags_patch(
+        kube_view.nodes.get(settings.node_name),
+        plan.owned_tags,
+        key=f"{settings.label_prefix}/owned-tags",
+        synced=kube_view.synced,
+    )
+    if reported is None or not kube_view.synced:  # unsynced: keep what was reported
+        return PublishPass(plan, owned, EventPlan(sent=reported or frozenset()))
+    events = plan_events(plan.left_out, kube_view.services, node=settings.node_name, sent=reported)
+    return PublishPass(plan, owned, events)
+
+
+def publish_pass(
+    serf: TagsWriter,
+    serf_view: SerfView,
+    kube_view: KubeView,
+    kube: KubeWriter | None,
+    settings: Settings,
+    *,
+    dry_run: bool = False,
+    cache: KubeCache | None = None,
+    reported: frozenset[EventKey] | None = None,
+) -> tuple[PublishPass, int]:
+    """Plan this node's tags (and what goes with them) and apply them; the int counts
+    ``tags`` calls (one at most)."""
+    planned = plan_publish_pass(serf_view, kube_view, settings, reported=reported)
     if dry_run:
-        return plan, 0
+        return planned, 0
+    return apply_publish_pass(
+        serf, kube, planned, current=serf_view.tags, settings=settings, cache=cache
+    )
+
+
+def apply_publish_pass(
+    serf: TagsWriter,
+    kube: KubeWriter | None,
+    planned: PublishPass,
+    *,
+    current: Mapping[str, str],
+    settings: Settings,
+    cache: KubeCache | None,
+) -> tuple[PublishPass, int]:
+    """The one place a to-serf pass writes; returns the pass as applied and tags calls."""
+    writes = _apply_tags(serf, planned.plan, current=current, tag_limit=settings.tag_limit)
+    if kube is not None and planned.owned is not None:
+        _record_owned_tags(kube, planned.owned, cache)
+    return replace(planned, events=apply_events(kube, planned.events)), writes
+
+
+def _apply_tags(
+    serf: TagsWriter, plan: PublishPlan, *, current: Mapping[str, str], tag_limit: int
+) -> int:
+    """One ``tags`` call unless the plan changes nothing; returns the calls made."""
     writes = 0
     if not plan.change.noop:
-        serf.tags(plan.change.set_tags, plan.change.delete, current=serf_view.tags)
+        serf.tags(plan.change.set_tags, plan.change.delete, current=current)
         writes = 1
         log.info(
             "published %d entries (%d bytes of %d); tags set %s, deleted %s",
             len(plan.entries),
             plan.budget_used,
-            settings.tag_limit,
+            tag_limit,
             sorted(plan.change.set_tags),
             list(plan.change.delete),
         )
     for problem in plan.problems:
         log.warning("publish: %s", problem)
-    if kube is not None and kube_view.synced:
-        _record_owned_tags(kube, kube_view, plan, settings, cache)
-    return plan, writes
+    return writes
 
 
-def _record_owned_tags(
-    kube: KubeWriter, view: KubeView, plan: PublishPlan, settings: Settings, cache: object
-) -> None:
-    node = view.nodes.get(settings.node_name)
-    key = f"{settings.label_prefix}/owned-tags"
-    wanted = ",".join(plan.owned_tags) or None
-    if node is None or node.annotations.get(key) == wanted:
-        return
+def _record_owned_tags(kube: KubeWriter, patch: NodePatch, cache: KubeCache | None) -> None:
     try:
-        kube.patch_node_metadata(settings.node_name, annotations={key: wanted}, cache=cache)
+        _send_patch(kube, patch, cache)
     except KubeError as exc:
-        log.warning("could not record %s on node %s: %s", key, settings.node_name, exc)
+        log.warning("could not record %s on node %s: %s", _describe(patch), patch.node, exc)
 
 
-class EventReporter:
-    """One Kubernetes Event per Service and reason, not one per pass.
-
-    Every node's bridge reports on the same Service, so the message names the node. A
-    Service is known by its uid too (a re-created one is a new object with no Event yet);
-    a reason that goes away and comes back is reported again, and a failed POST is retried
-    on the next pass. Call ``report`` after every synced pass, with or without omissions.
-    """
-
-    def __init__(self, node: str) -> None:
-        self.node = node
-        self._sent: set[tuple[str, str, str, str]] = set()  # (namespace, name, uid, reason)
-
-    def report(self, kube: KubeWriter, view: KubeView, left_out: tuple[LeftOut, ...]) -> int:
-        current = _left_out_by_service(view, left_out)
-        failed: set[tuple[str, str, str, str]] = set()
-        for key in sorted(set(current) - self._sent):
-            svc, ports = current[key]
-            if not self._send(kube, svc, ports, key[3]):
-                failed.add(key)
-        sent = len(set(current) - self._sent - failed)
-        self._sent = set(current) - failed
-        return sent
-
-    def _send(self, kube: KubeWriter, svc: ServiceInfo, ports: list[str], reason: str) -> bool:
-        message = f"not published on node {self.node} (ports {', '.join(ports)}): {reason}"
-        try:
-            kube.create_event(svc, reason="NotPublished", message=message)
-        except KubeError as exc:
-            log.warning("could not create an Event on %s/%s: %s", svc.namespace, svc.name, exc)
-            return False
-        log.warning("service %s/%s %s", svc.namespace, svc.name, message)
-        return True
+def apply_events(kube: KubeWriter | None, plan: EventPlan) -> EventPlan:
+    """Create the planned Events; returns the plan with those not created (a failed POST;
+    all of them with no writer) out of ``sent``, so a later pass reports them."""
+    failed = {e.key for e in plan.events if kube is None or not _create_event(kube, e)}
+    return replace(plan, sent=plan.sent - failed)
 
 
-def _left_out_by_service(
-    view: KubeView, left_out: tuple[LeftOut, ...]
-) -> dict[tuple[str, str, str, str], tuple[ServiceInfo, list[str]]]:
-    """(namespace, name, uid, reason) -> the Service and its left-out ports."""
-    result: dict[tuple[str, str, str, str], tuple[ServiceInfo, list[str]]] = {}
-    for lo in left_out:
-        svc = view.services.get(f"{lo.namespace}/{lo.service}")
-        if svc is not None:
-            key = (lo.namespace, lo.service, svc.uid, lo.reason)
-            result.setdefault(key, (svc, []))[1].append(lo.port)
-    return result
+def _create_event(kube: KubeWriter, event: PlannedEvent) -> bool:
+    svc = event.service
+    try:
+        kube.create_event(svc, reason=event.reason, message=event.message)
+    except KubeError as exc:
+        log.warning("could not create an Event on %s/%s: %s", svc.namespace, svc.name, exc)
+        return False
+    log.warning("service %s/%s %s", svc.namespace, svc.name, event.message)
+    return True
 
 
-def _describe(changes: Mapping[str, str | None]) -> str:
+def _describe(patch: NodePatch) -> str:
+    changes = patch.labels or patch.annotations  # a label patch shows its labels, as before
     return ", ".join(f"{k}={'<removed>' if v is None else v}" for k, v in sorted(changes.items()))

@@ -229,3 +229,10 @@ class TooManyItems(SerfBridgeError, ValueError):
 
 class LocalListUnreadable(SerfBridgeError):
     """The local ``services`` tag cannot be decoded, so a rewrite would lose entries."""
+
+
+# --- kube watch errors ---------------------------------------------------
+
+
+class Expired(KubeError, TemporaryError):
+    """410 Gone: the resourceVersion is too old (compacted); relist."""

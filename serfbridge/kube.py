@@ -1,24 +1,24 @@
 """The Kubernetes adapter: the only module that imports `kubernetes`.
 
-Role: load the client configuration, send requests (list, watch, patch Node
-labels/annotations, create Events: `KubeClient`) and turn API JSON into plain data. The
-watched cache built on it lives in `kube_cache.py`. Callers: the daemon, `sync`, the CLI,
-tests and the bench.
+Role: load the client configuration and send requests (list, watch, merge-patch Node
+labels/annotations, create Events: `KubeClient`), handing back plain data parsed by
+`kube_json.py`. Callers: the bridge's applier, the watched cache (`kube_cache.py`, built
+on this module), the CLI, tests and the bench.
 
 It hands out plain frozen dataclasses (`NodeInfo`, `ServiceInfo`, `SliceInfo`), never
 `kubernetes` types, and it translates every API, urllib3 and socket error into
 `serfbridge.errors` (404 KubeNotFound, 409 KubeConflict, 403 KubeForbidden naming the
-verb and resource, 5xx/connection KubeUnavailable) with the cause chained.
+verb and resource, 410 Expired, 5xx/connection KubeUnavailable) with the cause chained.
 
-It must not decide anything: no planning, no retries of writes. Requests go through the
-`kubernetes` ApiClient (auth, TLS, in-cluster token refresh) as raw JSON, which also
-avoids the model (de)serialization skew between client 37 and older apiservers.
+It must not decide anything: no planning, no diffing (a patch is sent as given), no
+retries of writes, and no knowledge of the cache. Requests go through the `kubernetes`
+ApiClient (auth, TLS, in-cluster token refresh) as raw JSON, which also avoids the model
+(de)serialization skew between client 37 and older apiservers.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
 import logging
 import os
@@ -26,8 +26,7 @@ import socket
 import threading
 from collections import Counter
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import urllib3
 import yaml
@@ -38,102 +37,48 @@ from kubernetes.client.exceptions import ApiException
 from serfbridge import config
 from serfbridge.errors import (
     ConfigError,
+    Expired,
     KubeConflict,
     KubeError,
     KubeForbidden,
     KubeNotFound,
     KubeUnavailable,
 )
-from serfbridge.kubemodels import (
-    KubeObject,
-    NodeInfo,
-    ServiceInfo,
-    ServicePort,
-    SliceEndpoint,
-    SliceInfo,
+from serfbridge.kube_json import (  # re-exported: callers parse through the adapter
+    COMPONENT,
+    DISCOVERY,
+    Json,
+    event_body,
+    metadata_of,
+    object_key,
+    parse_endpoint_slice,
+    parse_node,
+    parse_service,
 )
+from serfbridge.kubemodels import NodeInfo, ServiceInfo, SliceInfo
 
-if TYPE_CHECKING:
-    from serfbridge.kube_cache import KubeCache
+__all__ = [
+    "COMPONENT",
+    "DISCOVERY",
+    "MERGE_PATCH",
+    "Expired",
+    "Json",
+    "KubeClient",
+    "NodeInfo",
+    "ServiceInfo",
+    "SliceInfo",
+    "WatchStream",
+    "load_client",
+    "metadata_of",
+    "object_key",
+    "parse_endpoint_slice",
+    "parse_node",
+    "parse_service",
+]
 
 log = logging.getLogger(__name__)
 k8s_config: Any = _k8s_config  # its loaders are untyped
-Json = dict[str, Any]
-COMPONENT = "serfbridge"
 MERGE_PATCH = "application/merge-patch+json"
-DISCOVERY = "discovery.k8s.io"
-
-
-# --- plain data handed to the rest of the package ----------------------------------------
-
-
-@dataclass(frozen=True)
-class Change:
-    """One real change in the cache: ``old`` None = added, ``new`` None = deleted."""
-
-    kind: str
-    key: str
-    old: KubeObject | None
-    new: KubeObject | None
-
-
-def metadata_of(obj: Json) -> Json:
-    return cast(Json, obj.get("metadata") or {})
-
-
-def parse_node(obj: Json) -> NodeInfo:
-    meta, status = metadata_of(obj), obj.get("status") or {}
-    conditions = status.get("conditions") or ()
-    return NodeInfo(
-        name=meta["name"], uid=meta.get("uid", ""),
-        labels=dict(meta.get("labels") or {}), annotations=dict(meta.get("annotations") or {}),
-        addresses=tuple((a.get("type", ""), a.get("address", ""))
-                        for a in status.get("addresses") or ()),
-        ready=any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions),
-        unschedulable=bool((obj.get("spec") or {}).get("unschedulable")),
-        resource_version=meta.get("resourceVersion", ""),
-    )  # fmt: skip
-
-
-def parse_service(obj: Json) -> ServiceInfo:
-    meta, spec = metadata_of(obj), obj.get("spec") or {}
-    ingress = ((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress") or ()
-    return ServiceInfo(
-        namespace=meta["namespace"], name=meta["name"], uid=meta.get("uid", ""),
-        type=spec.get("type", "ClusterIP"),
-        ports=tuple(ServicePort(p.get("name", ""), p["port"], p.get("nodePort"),
-                                p.get("protocol", "TCP")) for p in spec.get("ports") or ()),
-        external_traffic_policy=spec.get("externalTrafficPolicy"),
-        labels=dict(meta.get("labels") or {}), annotations=dict(meta.get("annotations") or {}),
-        load_balancer_ips=tuple(i.get("ip") or i.get("hostname", "") for i in ingress),
-        resource_version=meta.get("resourceVersion", ""),
-    )  # fmt: skip
-
-
-def parse_endpoint_slice(obj: Json) -> SliceInfo:
-    meta = metadata_of(obj)
-    endpoints = tuple(
-        SliceEndpoint(
-            addresses=tuple(e.get("addresses") or ()),
-            # v1beta1 on 1.20 drops nodeName (alpha gate); topology carries the hostname.
-            node_name=e.get("nodeName") or (e.get("topology") or {}).get("kubernetes.io/hostname"),
-            ready=(e.get("conditions") or {}).get("ready") is not False,
-        )
-        for e in obj.get("endpoints") or ()
-    )
-    return SliceInfo(
-        namespace=meta["namespace"], name=meta["name"],
-        service_name=(meta.get("labels") or {}).get("kubernetes.io/service-name"),
-        endpoints=endpoints,
-        ports=tuple((p.get("name", ""), p.get("port", 0), p.get("protocol", "TCP"))
-                    for p in obj.get("ports") or ()),
-        resource_version=meta.get("resourceVersion", ""),
-    )  # fmt: skip
-
-
-def object_key(obj: KubeObject) -> str:
-    """``name`` for Nodes, ``namespace/name`` for namespaced objects."""
-    return obj.name if isinstance(obj, NodeInfo) else f"{obj.namespace}/{obj.name}"
 
 
 # --- configuration and requests ----------------------------------------------------------
@@ -179,12 +124,6 @@ def _loader_error(exc: Exception) -> str:
 
 def _where(verb: str, resource: str, namespace: str | None) -> str:
     return f"{verb} {resource}" + (f" in namespace {namespace}" if namespace else "")
-
-
-class Expired(KubeError):
-    """410 Gone: the resourceVersion is too old (compacted); relist."""
-
-    temporary = True
 
 
 _STATUS_ERRORS: dict[int, tuple[type[KubeError], str]] = {
@@ -233,14 +172,22 @@ class KubeClient:
         self._api.close()
 
     def request(
-        self, method: str, path: str, *, verb: str, resource: str, namespace: str | None = None,
-        query: Mapping[str, str] | None = None, body: Json | None = None,
+        self,
+        method: str,
+        path: str,
+        *,
+        verb: str,
+        resource: str,
+        namespace: str | None = None,
+        query: Mapping[str, str] | None = None,
+        body: Json | None = None,
         content_type: str = "application/json",
-    ) -> Json:  # fmt: skip
+    ) -> Json:
         """One request; returns the decoded reply (empty dict for an empty body)."""
         where = _where(verb, resource, namespace)
-        response = self._open(method, path, where, query=query, body=body,
-                              content_type=content_type)  # fmt: skip
+        response = self._open(
+            method, path, where, query=query, body=body, content_type=content_type
+        )
         try:
             data = response.data
         except (urllib3.exceptions.HTTPError, OSError) as exc:
@@ -254,17 +201,27 @@ class KubeClient:
     ) -> WatchStream:
         """Open a watch from ``resource_version`` (bookmarks on); the server ends it after
         ``timeout`` seconds."""
-        query = {"watch": "true", "resourceVersion": resource_version,
-                 "allowWatchBookmarks": "true", "timeoutSeconds": str(timeout)}  # fmt: skip
+        query = {
+            "watch": "true",
+            "resourceVersion": resource_version,
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": str(timeout),
+        }
         where = _where("watch", resource, None)
         response = self._open("GET", path, where, query=query, read_timeout=timeout + 15.0)
         return WatchStream(response, where)
 
     def _open(
-        self, method: str, path: str, where: str, *, query: Mapping[str, str] | None = None,
-        body: Json | None = None, content_type: str = "application/json",
+        self,
+        method: str,
+        path: str,
+        where: str,
+        *,
+        query: Mapping[str, str] | None = None,
+        body: Json | None = None,
+        content_type: str = "application/json",
         read_timeout: float | None = None,
-    ) -> Any:  # fmt: skip
+    ) -> Any:
         with self._lock:
             self._counts[" ".join(where.split()[:2])] += 1
         headers = {"Accept": "application/json", "Content-Type": content_type}
@@ -277,9 +234,14 @@ class KubeClient:
             raise KubeUnavailable(f"unavailable: {where}: {exc}") from exc
 
     def _send(
-        self, method: str, path: str, query: Mapping[str, str] | None, headers: dict[str, str],
-        body: Json | None, timeout: tuple[float, float],
-    ) -> Any:  # fmt: skip
+        self,
+        method: str,
+        path: str,
+        query: Mapping[str, str] | None,
+        headers: dict[str, str],
+        body: Json | None,
+        timeout: tuple[float, float],
+    ) -> Any:
         """The unread urllib3 response of one request; ApiException for a non-2xx status."""
         query_params = list((query or {}).items())
         if not hasattr(self._api, "param_serialize"):
@@ -287,14 +249,24 @@ class KubeClient:
             # serializes itself and, not preloading, returns the urllib3 response; its REST
             # layer raises ApiException for a non-2xx status.
             return self._api.call_api(
-                path, method, query_params=query_params, header_params=headers, body=body,
-                auth_settings=["BearerToken"], _preload_content=False,
-                _return_http_data_only=True, _request_timeout=timeout,
-            )  # fmt: skip
+                path,
+                method,
+                query_params=query_params,
+                header_params=headers,
+                body=body,
+                auth_settings=["BearerToken"],
+                _preload_content=False,
+                _return_http_data_only=True,
+                _request_timeout=timeout,
+            )
         prepared = self._api.param_serialize(
-            method=method, resource_path=path, query_params=query_params,
-            header_params=headers, body=body, auth_settings=["BearerToken"],
-        )  # fmt: skip
+            method=method,
+            resource_path=path,
+            query_params=query_params,
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+        )
         reply = self._api.call_api(*prepared, _request_timeout=timeout)
         if not 200 <= reply.status <= 299:
             reply.read()
@@ -312,67 +284,46 @@ class KubeClient:
         reply = self.request("GET", f"/api/v1/nodes/{name}", verb="get", resource="nodes")
         return parse_node(reply)
 
-    def patch_node_metadata(
-        self, name: str, *, labels: Mapping[str, str | None] | None = None,
-        annotations: Mapping[str, str | None] | None = None, cache: KubeCache | None = None,
-    ) -> bool:  # fmt: skip
-        """Merge-patch only the keys that differ (None removes); False when nothing was sent.
+    def patch_node(
+        self,
+        name: str,
+        *,
+        labels: Mapping[str, str | None] | None = None,
+        annotations: Mapping[str, str | None] | None = None,
+    ) -> None:
+        """Send exactly this merge patch (None removes a key); an empty one is not sent.
 
-        The current values come from ``cache`` when it is synced, else from a GET.
+        No read and no diff: the planner's patch already holds only keys that differ.
         """
-        node = cache.maybe_node(name) if cache is not None and cache.synced else None
-        node = node or self.get_node(name)
-        metadata = {
-            section: delta
-            for section, current, wanted in (("labels", node.labels, labels),
-                                             ("annotations", node.annotations, annotations))
-            if (delta := metadata_delta(current, wanted or {}))
-        }  # fmt: skip
+        sections = (("labels", labels), ("annotations", annotations))
+        metadata = {section: dict(keys) for section, keys in sections if keys}
         if not metadata:
-            return False
-        self.request("PATCH", f"/api/v1/nodes/{name}", verb="patch", resource="nodes",
-                     body={"metadata": metadata}, content_type=MERGE_PATCH)  # fmt: skip
-        return True
+            return
+        self.request(
+            "PATCH",
+            f"/api/v1/nodes/{name}",
+            verb="patch",
+            resource="nodes",
+            body={"metadata": metadata},
+            content_type=MERGE_PATCH,
+        )
 
     def create_event(
         self, involved: NodeInfo | ServiceInfo, *, reason: str, message: str, type: str = "Warning"
     ) -> None:
         """A core/v1 Event on a Service (its namespace) or a Node (namespace default)."""
         namespace = "default" if isinstance(involved, NodeInfo) else involved.namespace
-        body = event_body(involved, reason=reason, message=message, type=type)
-        self.request("POST", f"/api/v1/namespaces/{namespace}/events", verb="create",
-                     resource="events", namespace=namespace, body=body)  # fmt: skip
-
-
-def metadata_delta(
-    current: Mapping[str, str], wanted: Mapping[str, str | None]
-) -> dict[str, str | None]:
-    """The merge-patch entries that would change ``current``: set values, None to remove."""
-    return {
-        key: value
-        for key, value in wanted.items()
-        if (key in current if value is None else current.get(key) != value)
-    }
-
-
-def event_body(involved: NodeInfo | ServiceInfo, *, reason: str, message: str, type: str) -> Json:
-    """A core/v1 Event reported by serfbridge about ``involved``."""
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return {
-        "apiVersion": "v1", "kind": "Event",
-        "metadata": {"generateName": f"{involved.name}."}, "involvedObject": _object_ref(involved),
-        "reason": reason, "message": message, "type": type, "count": 1,
-        "firstTimestamp": now, "lastTimestamp": now,
-        "source": {"component": COMPONENT}, "reportingComponent": COMPONENT,
-        "reportingInstance": os.uname().nodename,
-    }  # fmt: skip
-
-
-def _object_ref(obj: NodeInfo | ServiceInfo) -> Json:
-    if isinstance(obj, NodeInfo):
-        return {"apiVersion": "v1", "kind": "Node", "name": obj.name, "uid": obj.uid}
-    return {"apiVersion": "v1", "kind": "Service", "namespace": obj.namespace,
-            "name": obj.name, "uid": obj.uid}  # fmt: skip
+        body = event_body(
+            involved, reason=reason, message=message, type=type, instance=os.uname().nodename
+        )
+        self.request(
+            "POST",
+            f"/api/v1/namespaces/{namespace}/events",
+            verb="create",
+            resource="events",
+            namespace=namespace,
+            body=body,
+        )
 
 
 class WatchStream:
@@ -408,6 +359,3 @@ def _lines(response: Any) -> Iterator[bytes]:
         yield from (line for line in complete if line.strip())
     if pending.strip():
         yield pending
-
-
-# --- the watched cache -------------------------------------------------------------------

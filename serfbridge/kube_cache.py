@@ -5,29 +5,29 @@ bookmarks), relists on 410 Gone and after any watch failure with a capped, jitte
 backoff, and replaces its store atomically on every relist, reporting only real
 differences. ``synced`` is true only after a complete list of every kind and false while
 a relist is underway or the API is unreachable. Callers: the daemon, ``sync``,
-``status``, tests and the bench.
+``status`` (all through ``bridge.read_kube``), the bridge's applier (``note_patched``,
+so the next pass sees our own write before its watch event), tests and the bench.
 
 Must not: empty the store on an outage (no consumer is ever told "everything was
-deleted"), decide anything, or import ``kubernetes`` (requests go through ``kube``).
+deleted"), decide anything, or import ``kubernetes`` (requests go through ``kube``,
+which knows nothing of this cache).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar, cast
 
-from serfbridge.errors import KubeNotFound, KubeUnavailable
-from serfbridge.kube import (
+from serfbridge.errors import Expired, KubeNotFound, KubeUnavailable
+from serfbridge.kube import KubeClient, WatchStream
+from serfbridge.kube_json import (
     DISCOVERY,
-    Change,
-    Expired,
     Json,
-    KubeClient,
-    WatchStream,
     metadata_of,
     object_key,
     parse_endpoint_slice,
@@ -42,18 +42,31 @@ T = TypeVar("T", NodeInfo, ServiceInfo, SliceInfo)
 
 
 @dataclass(frozen=True)
+class Change:
+    """One real change in the cache: ``old`` None = added, ``new`` None = deleted."""
+
+    kind: str
+    key: str
+    old: KubeObject | None
+    new: KubeObject | None
+
+
+@dataclass(frozen=True)
 class _Kind:
     name: str
     paths: tuple[str, ...]  # preferred first; a 404 on list moves to the next
     parse: Callable[[Json], KubeObject]
 
 
+_SLICE_PATHS = (
+    f"/apis/{DISCOVERY}/v1/endpointslices",
+    f"/apis/{DISCOVERY}/v1beta1/endpointslices",
+)
 KINDS = (
     _Kind("nodes", ("/api/v1/nodes",), parse_node),
     _Kind("services", ("/api/v1/services",), parse_service),
-    _Kind("endpointslices", (f"/apis/{DISCOVERY}/v1/endpointslices",
-                             f"/apis/{DISCOVERY}/v1beta1/endpointslices"), parse_endpoint_slice),
-)  # fmt: skip
+    _Kind("endpointslices", _SLICE_PATHS, parse_endpoint_slice),
+)
 
 
 class KubeCache:
@@ -61,13 +74,18 @@ class KubeCache:
 
     ``synced`` is true only while every kind has completed a list and its watch has not
     failed since. ``on_change`` runs on a watcher thread with the cache locked (keep it
-    short); ``version``/``wait_for_change`` and per-kind ``generation`` serve pollers.
+    short; the tests observe the cache through it); ``version``/``wait_for_change`` serve
+    pollers.
     """
 
     def __init__(
-        self, client: KubeClient, *, on_change: Callable[[Change], None] | None = None,
-        watch_timeout: int = 300, max_backoff: float = 8.0,
-    ) -> None:  # fmt: skip
+        self,
+        client: KubeClient,
+        *,
+        on_change: Callable[[Change], None] | None = None,
+        watch_timeout: int = 300,
+        max_backoff: float = 8.0,
+    ) -> None:
         self.client = client
         self.on_change = on_change
         self.watch_timeout = watch_timeout
@@ -75,7 +93,6 @@ class KubeCache:
         self._cond = threading.Condition(threading.RLock())
         self._stores: dict[str, dict[str, KubeObject]] = {k.name: {} for k in KINDS}
         self._listed = dict.fromkeys(self._stores, False)
-        self._generations = dict.fromkeys(self._stores, 0)
         self._paths = {k.name: 0 for k in KINDS}
         self._version = 0
         self._stop = threading.Event()
@@ -86,8 +103,9 @@ class KubeCache:
 
     def start(self) -> KubeCache:
         for kind in KINDS:
-            thread = threading.Thread(target=self._run, args=(kind,), daemon=True,
-                                      name=f"kube-watch-{kind.name}")  # fmt: skip
+            thread = threading.Thread(
+                target=self._run, args=(kind,), daemon=True, name=f"kube-watch-{kind.name}"
+            )
             thread.start()
             self._threads.append(thread)
         return self
@@ -112,10 +130,6 @@ class KubeCache:
         with self._cond:
             return self._version
 
-    def generation(self, kind: str) -> int:
-        with self._cond:
-            return self._generations[kind]
-
     def wait_synced(self, timeout: float) -> bool:
         with self._cond:
             return self._cond.wait_for(lambda: all(self._listed.values()), timeout)
@@ -137,11 +151,29 @@ class KubeCache:
         """Keyed ``namespace/name`` of the slice (``service_name`` links it)."""
         return self._snapshot("endpointslices", SliceInfo)
 
-    def maybe_node(self, name: str) -> NodeInfo | None:
-        return self.nodes().get(name)
+    def note_patched(
+        self,
+        name: str,
+        *,
+        labels: Mapping[str, str | None],
+        annotations: Mapping[str, str | None],
+    ) -> None:
+        """Write a merge patch we sent into the stored Node, before its watch event.
 
-    def maybe_service(self, namespace: str, name: str) -> ServiceInfo | None:
-        return self.services().get(f"{namespace}/{name}")
+        So a pass that runs before the event arrives does not send the patch again; the
+        event (or a relist) then brings the server's whole truth. Bumps ``version`` as
+        the event would have.
+        """
+        with self._cond:
+            node = self._stores["nodes"].get(name)
+            if not isinstance(node, NodeInfo):
+                return
+            patched = dataclasses.replace(
+                node,
+                labels=_merged(node.labels, labels),
+                annotations=_merged(node.annotations, annotations),
+            )
+            self._replace_one("nodes", name, node, patched)
 
     def _snapshot(self, kind: str, cls: type[T]) -> dict[str, T]:
         with self._cond:
@@ -157,6 +189,8 @@ class KubeCache:
                 failures = 0
                 while not self._stop.is_set():
                     resource_version = self._watch(kind, resource_version)
+            # MERGE: retry-as-value -- honour the error's temporary/permanent class here
+            # (a forbidden list should stop and report, not be retried forever).
             except Exception as exc:  # KubeError, or a bug: either way relist after a pause
                 self._set_listed(kind.name, False)
                 failures += 1
@@ -182,8 +216,9 @@ class KubeCache:
     def _watch(self, kind: _Kind, resource_version: str) -> str:
         """Follow one watch until the server ends it; returns the last resourceVersion."""
         path = kind.paths[self._paths[kind.name]]
-        stream = self.client.watch(path, resource=kind.name, resource_version=resource_version,
-                                   timeout=self.watch_timeout)  # fmt: skip
+        stream = self.client.watch(
+            path, resource=kind.name, resource_version=resource_version, timeout=self.watch_timeout
+        )
         self._streams[kind.name] = stream
         try:
             for event in stream:
@@ -203,14 +238,9 @@ class KubeCache:
         if event_type in ("ADDED", "MODIFIED", "DELETED"):
             new = kind.parse(obj)
             with self._cond:
-                store = self._stores[kind.name]
-                old = store.get(key := object_key(new))
-                if event_type == "DELETED":
-                    store.pop(key, None)
-                    self._emit(kind.name, [Change(kind.name, key, old, None)] if old else [])
-                elif old != new:
-                    store[key] = new
-                    self._emit(kind.name, [Change(kind.name, key, old, new)])
+                key = object_key(new)
+                old = self._stores[kind.name].get(key)
+                self._replace_one(kind.name, key, old, None if event_type == "DELETED" else new)
         return cast("str | None", metadata_of(obj).get("resourceVersion"))
 
     def _replace(self, kind: str, fresh: dict[str, KubeObject]) -> None:
@@ -226,6 +256,19 @@ class KubeCache:
             self._emit(kind, changes)
             self._set_listed(kind, True)
 
+    def _replace_one(
+        self, kind: str, key: str, old: KubeObject | None, new: KubeObject | None
+    ) -> None:
+        """Store ``new`` (None deletes) under ``key``, reporting it only when it differs."""
+        if old == new:
+            return
+        store = self._stores[kind]
+        if new is None:
+            store.pop(key, None)
+        else:
+            store[key] = new
+        self._emit(kind, [Change(kind, key, old, new)])
+
     def _set_listed(self, kind: str, listed: bool) -> None:
         with self._cond:
             if self._listed[kind] != listed:
@@ -236,7 +279,6 @@ class KubeCache:
     def _emit(self, kind: str, changes: list[Change]) -> None:
         if not changes:
             return
-        self._generations[kind] += 1
         self._version += 1
         for change in changes:
             try:
@@ -245,3 +287,9 @@ class KubeCache:
             except Exception:  # a consumer bug must not kill the watch
                 log.exception("kube cache on_change failed for %s %s", kind, change.key)
         self._cond.notify_all()
+
+
+def _merged(current: Mapping[str, str], patch: Mapping[str, str | None]) -> dict[str, str]:
+    """``current`` after a merge patch: None removes a key."""
+    kept = {k: v for k, v in current.items() if k not in patch}
+    return kept | {k: v for k, v in patch.items() if v is not None}

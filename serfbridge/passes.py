@@ -23,12 +23,12 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, ClassVar
 
-from serfbridge import bridge, bridge_shim
+from serfbridge import bridge
 from serfbridge.config import Settings
 from serfbridge.errors import RPCError, SerfBridgeError
 from serfbridge.failure_hold import FailureHold
 from serfbridge.health import Metrics
-from serfbridge.plan_publish import PublishPlan
+from serfbridge.plan_events import EventKey
 from serfbridge.rpc.client import SerfClient
 from serfbridge.scheduler import Clock, Scheduler
 
@@ -104,7 +104,7 @@ class PassRunner:
             serf_view = bridge.read_serf(self.serf)
             self.self_member = serf_view.self_member
             self.metrics.rpc_connected.set(1)
-            writes, ok = self.apply(settings, serf_view, bridge_shim.read_kube(self.cache))
+            writes, ok = self.apply(settings, serf_view, bridge.read_kube(self.cache))
         except SerfBridgeError as exc:
             self._on_error(exc)
             return
@@ -180,12 +180,12 @@ class LabelRunner(PassRunner):
         self, settings: Settings, serf_view: bridge.SerfView, kube_view: bridge.KubeView
     ) -> tuple[int, bool]:
         hold = FailureHold(settings.failure_hold, self.clock(), self.hold.first_seen)
-        plan, writes, settled = bridge_shim.label_pass(
+        plan, writes = bridge.label_pass(
             serf_view, kube_view, self.kube, settings, hold=hold, cache=self.cache
         )
-        self.hold = settled.hold
-        if settled.recheck_at is not None:  # a held-back failure becomes old enough then
-            self.scheduler.poke_at(self.direction, settled.recheck_at, urgent=True)
+        self.hold = plan.hold
+        if plan.recheck_at is not None:  # a held-back failure becomes old enough then
+            self.scheduler.poke_at(self.direction, plan.recheck_at, urgent=True)
         self._count_rejects(dict(plan.skipped))
         self._log_notes(plan.notes)
         return writes, kube_view.synced
@@ -222,7 +222,8 @@ class PublishRunner(PassRunner):
         clock: Clock = time.monotonic,
     ) -> None:
         super().__init__(serf, metrics=metrics, scheduler=scheduler, clock=clock)
-        self.events = bridge.EventReporter(node_name)
+        self.node_name = node_name
+        self.reported: frozenset[EventKey] = frozenset()  # Events sent (``plan_events``)
         self.last_plan: dict[str, object] = {}
 
     def enabled(self, settings: Settings) -> bool:
@@ -232,12 +233,18 @@ class PublishRunner(PassRunner):
         self, settings: Settings, serf_view: bridge.SerfView, kube_view: bridge.KubeView
     ) -> tuple[int, bool]:
         plan, writes = bridge.publish_pass(
-            self.serf, serf_view, kube_view, self.kube, settings, cache=self.cache
+            self.serf,
+            serf_view,
+            kube_view,
+            self.kube,
+            settings,
+            cache=self.cache,
+            reported=self.reported if self.kube is not None else None,
         )
         self._record(plan, kube_view)
         return writes, True
 
-    def _record(self, plan: PublishPlan, view: bridge.KubeView) -> None:
+    def _record(self, plan: bridge.PublishPass, view: bridge.KubeView) -> None:
         self.metrics.budget.labels("used").set(plan.budget_used)
         self.metrics.not_published.set(len(plan.left_out))
         self.last_plan = {
@@ -247,4 +254,5 @@ class PublishRunner(PassRunner):
             "problems": list(plan.problems),
         }
         if self.kube is not None and view.synced:  # also when empty: resets what was sent
-            self.metrics.kube_events.inc(self.events.report(self.kube, view, plan.left_out))
+            self.reported = plan.events.sent
+            self.metrics.kube_events.inc(plan.events_created)

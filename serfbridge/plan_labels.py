@@ -38,7 +38,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from serfbridge import matching, rendezvous
@@ -183,18 +183,16 @@ def plan_labels(
     settings: LabelSettings,
     *,
     hold: FailureHold | None = None,
-    unsettled: Collection[str] = (),
 ) -> LabelPlan:
     """The patches this bridge (``settings.self_node``) must make, and what it skipped.
 
     ``hold`` says which failed members are too freshly failed to act on (``settle``):
     when a partition starts, peers are declared failed one by one over a few seconds, and
     a failure label written in that window would slip past the partition guard. None is
-    a one-shot caller's hold: nothing is held back. ``unsettled`` (member names held back
-    as well) is the older form, kept until ``bridge.label_pass`` passes ``hold``.
+    a one-shot caller's hold: nothing is held back.
     """
     settled = settle(members, hold if hold is not None else FailureHold.one_shot(0.0))
-    held = settled.unsettled | set(unsettled)
+    held = settled.unsettled
     found = matching.match_for(members, nodes, settings)
     skipped: Counter[str] = Counter()
     notes = _unverified_notes(found, skipped)

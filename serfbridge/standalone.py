@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Mapping
 
-from serfbridge import bridge, bridge_shim, config, handoff, localpeers, logs
+from serfbridge import bridge, config, handoff, localpeers, logs
 from serfbridge.errors import SerfBridgeError
 from serfbridge.failure_hold import FailureHold
 from serfbridge.member_events import MEMBER_EVENTS
@@ -45,7 +45,7 @@ def run_pass(event: str, settings: config.Settings) -> int:
     try:
         nodes = client.list_nodes()
         with serf_client(settings) as serf:
-            _plan, writes, _settled = bridge_shim.label_pass(
+            _plan, writes = bridge.label_pass(
                 bridge.read_serf(serf),
                 bridge.KubeView(nodes=nodes),
                 client,

@@ -22,7 +22,7 @@ import pytest
 
 from serfbridge import kube
 from serfbridge.errors import KubeNotFound
-from serfbridge.kube_cache import KubeCache
+from serfbridge.kube_cache import Change, KubeCache
 from tests.lab.apiserver import LabApiServer, TokenUser, serfbridge_service_account
 
 _RUNNING: list[LabApiServer] = []
@@ -111,35 +111,56 @@ class KubeObjects:
 
     def create_node(self, name: str, *, labels=None, annotations=None, ready=True) -> dict:
         meta = {"name": name, "labels": labels or {}, "annotations": annotations or {}}
-        body = {"metadata": meta,
-                "status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.9"}],
-                           "conditions": [{"type": "Ready", "status": str(ready)}]}}  # fmt: skip
+        body = {
+            "metadata": meta,
+            "status": {
+                "addresses": [{"type": "InternalIP", "address": "10.0.0.9"}],
+                "conditions": [{"type": "Ready", "status": str(ready)}],
+            },
+        }
         return self._create("/api/v1/nodes", "nodes", None, name, body)
 
     def create_service(self, name: str, namespace: str = "default", *, annotations=None) -> dict:
-        body = {"metadata": {"name": name, "annotations": annotations or {}},
-                "spec": {"type": "NodePort", "ports": [{"name": "http", "port": 80}]}}  # fmt: skip
+        body = {
+            "metadata": {"name": name, "annotations": annotations or {}},
+            "spec": {"type": "NodePort", "ports": [{"name": "http", "port": 80}]},
+        }
         path = f"/api/v1/namespaces/{namespace}/services"
         return self._create(path, "services", namespace, name, body)
 
     def create_slice(self, name: str, service: str, node: str, namespace: str = "default") -> dict:
-        body = {"metadata": {"name": name, "labels": {"kubernetes.io/service-name": service}},
-                "addressType": "IPv4", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
-                "endpoints": [{"addresses": ["10.1.0.1"], "conditions": {"ready": True},
-                               "topology": {"kubernetes.io/hostname": node}}]}  # fmt: skip
+        body = {
+            "metadata": {"name": name, "labels": {"kubernetes.io/service-name": service}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [
+                {
+                    "addresses": ["10.1.0.1"],
+                    "conditions": {"ready": True},
+                    "topology": {"kubernetes.io/hostname": node},
+                }
+            ],
+        }
         path = f"{SLICES}/namespaces/{namespace}/endpointslices"
         return self._create(path, "endpointslices", namespace, name, body)
 
     def _create(self, collection: str, resource: str, namespace, name: str, body: dict) -> dict:
-        reply = self.client.request("POST", collection, verb="create", resource=resource,
-                                    namespace=namespace, body=body)  # fmt: skip
+        reply = self.client.request(
+            "POST", collection, verb="create", resource=resource, namespace=namespace, body=body
+        )
         self.created.append((f"{collection}/{name}", resource, namespace))
         return reply
 
     def patch(self, path: str, resource: str, body: dict, namespace: str | None = None) -> dict:
-        return self.client.request("PATCH", path, verb="patch", resource=resource,
-                                   namespace=namespace, body=body,
-                                   content_type=kube.MERGE_PATCH)  # fmt: skip
+        return self.client.request(
+            "PATCH",
+            path,
+            verb="patch",
+            resource=resource,
+            namespace=namespace,
+            body=body,
+            content_type=kube.MERGE_PATCH,
+        )
 
     def label_node(self, name: str, labels: dict) -> dict:
         return self.patch(f"/api/v1/nodes/{name}", "nodes", {"metadata": {"labels": labels}})
@@ -166,12 +187,12 @@ class ChangeLog:
     """An ``on_change`` recorder; ``gate`` can hold the watcher thread on a chosen change."""
 
     def __init__(self) -> None:
-        self.changes: list[kube.Change] = []
-        self.hold_on: Callable[[kube.Change], bool] = lambda change: False
+        self.changes: list[Change] = []
+        self.hold_on: Callable[[Change], bool] = lambda change: False
         self.held = threading.Event()
         self.release = threading.Event()
 
-    def __call__(self, change: kube.Change) -> None:
+    def __call__(self, change: Change) -> None:
         self.changes.append(change)
         if self.hold_on(change):
             self.held.set()
@@ -180,10 +201,13 @@ class ChangeLog:
     def for_key(self, kind: str, key: str) -> list[str]:
         """ "added" / "modified" / "deleted" for each recorded change of one object."""
         kinds = {(True, False): "added", (False, False): "modified", (False, True): "deleted"}
-        return [kinds[(c.old is None, c.new is None)] for c in self.changes
-                if c.kind == kind and c.key == key]  # fmt: skip
+        return [
+            kinds[(c.old is None, c.new is None)]
+            for c in self.changes
+            if c.kind == kind and c.key == key
+        ]
 
-    def deletions(self) -> list[kube.Change]:
+    def deletions(self) -> list[Change]:
         return [c for c in self.changes if c.new is None]
 
 

@@ -21,8 +21,10 @@ def fresh_nodes(client: kube.KubeClient) -> dict[str, kube.NodeInfo]:
 
 def fresh_services(client: kube.KubeClient) -> dict[str, kube.ServiceInfo]:
     reply = client.request("GET", "/api/v1/services", verb="list", resource="services")
-    return {f"{i['metadata']['namespace']}/{i['metadata']['name']}": kube.parse_service(i)
-            for i in reply["items"]}  # fmt: skip
+    return {
+        f"{i['metadata']['namespace']}/{i['metadata']['name']}": kube.parse_service(i)
+        for i in reply["items"]
+    }
 
 
 def test_cache_follows_creates_updates_and_deletes(kube_admin, kube_objects, start_cache):
@@ -30,30 +32,39 @@ def test_cache_follows_creates_updates_and_deletes(kube_admin, kube_objects, sta
     cache = start_cache(kube_admin, on_change=log)
     assert cache.wait_synced(10)
     node, svc = KubeObjects.name("node"), KubeObjects.name("svc")
-    node_gen = cache.generation("nodes")
+    version = cache.version
 
     kube_objects.create_node(node, labels={"zone": "a"})
     kube_objects.create_service(svc, annotations={"serfbridge.io/publish": "true"})
     kube_objects.create_slice(f"{svc}-1", svc, node)
-    wait_until(lambda: cache.maybe_node(node) and cache.maybe_service("default", svc)
-               and f"default/{svc}-1" in cache.endpoint_slices(), what="creates")  # fmt: skip
+    wait_until(
+        lambda: (
+            cache.nodes().get(node)
+            and cache.services().get(f"default/{svc}")
+            and f"default/{svc}-1" in cache.endpoint_slices()
+        ),
+        what="creates",
+    )
     slice_ = cache.endpoint_slices()[f"default/{svc}-1"]
     assert (slice_.service_name, slice_.endpoints[0].node_name) == (svc, node)
     assert slice_.endpoints[0].ready
-    assert cache.maybe_node(node).ready and cache.maybe_node(node).labels == {"zone": "a"}
-    assert cache.maybe_service("default", svc).ports[0].node_port
-    assert cache.generation("nodes") > node_gen
+    assert cache.nodes().get(node).ready and cache.nodes().get(node).labels == {"zone": "a"}
+    assert cache.services().get(f"default/{svc}").ports[0].node_port
+    assert cache.version > version
 
     kube_objects.label_node(node, {"zone": "b"})
-    kube_objects.patch(f"/api/v1/namespaces/default/services/{svc}", "services",
-                       {"metadata": {"annotations": {"serfbridge.io/type": "Docker"}}})  # fmt: skip
-    wait_until(lambda: cache.maybe_node(node).labels == {"zone": "b"}, what="node update")
-    wait_until(lambda: "serfbridge.io/type" in cache.maybe_service("default", svc).annotations)
+    kube_objects.patch(
+        f"/api/v1/namespaces/default/services/{svc}",
+        "services",
+        {"metadata": {"annotations": {"serfbridge.io/type": "Docker"}}},
+    )
+    wait_until(lambda: cache.nodes().get(node).labels == {"zone": "b"}, what="node update")
+    wait_until(lambda: "serfbridge.io/type" in cache.services().get(f"default/{svc}").annotations)
 
     kube_objects.delete(f"/api/v1/nodes/{node}")
     kube_objects.delete(f"/api/v1/namespaces/default/services/{svc}")
     wait_until(
-        lambda: cache.maybe_node(node) is None and cache.maybe_service("default", svc) is None
+        lambda: cache.nodes().get(node) is None and cache.services().get(f"default/{svc}") is None
     )
     assert log.for_key("nodes", node) == ["added", "modified", "deleted"]
     assert log.for_key("services", f"default/{svc}") == ["added", "modified", "deleted"]
@@ -76,7 +87,7 @@ def test_update_made_while_the_watch_is_down_is_picked_up(kube_admin, kube_objec
         kube_objects.label_node(node, {"v": "2"})
     finally:
         log.release.set()
-    wait_until(lambda: cache.maybe_node(node).labels == {"v": "2"}, what="missed update")
+    wait_until(lambda: cache.nodes().get(node).labels == {"v": "2"}, what="missed update")
     assert log.for_key("nodes", node) == ["added", "modified"]
     assert not log.deletions()
 
@@ -107,8 +118,14 @@ def test_relist_after_compaction_410_loses_and_repeats_nothing(
         nowatch_apiserver.compact_etcd()
     finally:
         log.release.set()
-    wait_until(lambda: cache.synced and cache.client.request_counts()["list nodes"] > lists_before
-               and cache.maybe_node(added) is not None, what="relist after 410")  # fmt: skip
+    wait_until(
+        lambda: (
+            cache.synced
+            and cache.client.request_counts()["list nodes"] > lists_before
+            and cache.nodes().get(added) is not None
+        ),
+        what="relist after 410",
+    )
     assert any("expired" in r.getMessage() for r in caplog.records), "no 410 seen"
     assert cache.nodes() == fresh_nodes(admin)
     assert cache.services() == fresh_services(admin)
@@ -141,7 +158,7 @@ def test_outage_of_15s_reconnects_and_never_reports_mass_deletion(private_apiser
     objects.label_node(names[0], {"after": "outage"})
 
     assert cache.wait_synced(30), "cache did not reconnect by itself"
-    wait_until(lambda: cache.maybe_node(names[0]).labels == {"after": "outage"})
+    wait_until(lambda: cache.nodes().get(names[0]).labels == {"after": "outage"})
     assert not log.deletions()
     assert set(cache.nodes()) == set(before)
     assert cache.nodes() == fresh_nodes(admin)

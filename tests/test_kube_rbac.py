@@ -17,8 +17,13 @@ DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 
 
 def kubectl(lab, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["kubectl", "--kubeconfig", str(lab.kubeconfig), *args],
-                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    return subprocess.run(
+        ["kubectl", "--kubeconfig", str(lab.kubeconfig), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -56,26 +61,39 @@ def test_service_account_runs_every_adapter_operation(bridge, admin_objects, sta
     admin_objects.create_slice(f"{svc}-1", svc, node)
     cache = start_cache(bridge)
     assert cache.wait_synced(15), "the ServiceAccount could not list+watch all three kinds"
-    wait_until(lambda: cache.maybe_node(node) and cache.maybe_service("default", svc)
-               and f"default/{svc}-1" in cache.endpoint_slices())  # fmt: skip
-    assert bridge.patch_node_metadata(node, labels={"p/serf-status": "alive"},
-                                      annotations={"p/serf-member": "m"}, cache=cache)  # fmt: skip
-    assert bridge.patch_node_metadata(node, labels={"p/serf-status": None})  # uses a GET
-    wait_until(lambda: cache.maybe_node(node).labels == {"hand": "set"})
-    bridge.create_event(cache.maybe_service("default", svc), reason="NotPublished", message="m")
-    bridge.create_event(cache.maybe_node(node), reason="Test", message="m")
+    wait_until(
+        lambda: (
+            cache.nodes().get(node)
+            and cache.services().get(f"default/{svc}")
+            and f"default/{svc}-1" in cache.endpoint_slices()
+        )
+    )
+    bridge.patch_node(node, labels={"p/serf-status": "alive"}, annotations={"p/serf-member": "m"})
+    assert bridge.get_node(node).labels["p/serf-status"] == "alive"  # get: an operation too
+    bridge.patch_node(node, labels={"p/serf-status": None})
+    wait_until(lambda: cache.nodes().get(node).labels == {"hand": "set"})
+    bridge.create_event(cache.services().get(f"default/{svc}"), reason="NotPublished", message="m")
+    bridge.create_event(cache.nodes().get(node), reason="Test", message="m")
     assert cache.synced
 
 
 @pytest.mark.parametrize(
     ("method", "path", "verb", "resource", "namespace", "body"),
     [
-        pytest.param("PATCH", "/api/v1/namespaces/default/services/{svc}", "patch", "services",
-                     "default", {"metadata": {"labels": {"x": "y"}}}, id="patch-service"),
-        pytest.param("DELETE", "/api/v1/nodes/{node}", "delete", "nodes", None, None,
-                     id="delete-node"),
+        pytest.param(
+            "PATCH",
+            "/api/v1/namespaces/default/services/{svc}",
+            "patch",
+            "services",
+            "default",
+            {"metadata": {"labels": {"x": "y"}}},
+            id="patch-service",
+        ),
+        pytest.param(
+            "DELETE", "/api/v1/nodes/{node}", "delete", "nodes", None, None, id="delete-node"
+        ),
     ],
-)  # fmt: skip
+)
 def test_service_account_is_refused_the_rest(
     bridge, admin_objects, method, path, verb, resource, namespace, body
 ):

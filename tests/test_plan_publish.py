@@ -288,66 +288,6 @@ def test_set_tags_annotation_and_owned_tags() -> None:
     assert any("reserved" in problem for problem in p.problems)
 
 
-class FakeEvents:
-    """The Kubernetes writer of a pass; ``fail`` makes the next Event POSTs fail."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, str, str, str]] = []
-        self.fail = False
-
-    def create_event(self, involved, *, reason, message, type="Warning") -> None:
-        from serfbridge.errors import KubeUnavailable
-
-        if self.fail:
-            raise KubeUnavailable("apiserver down")
-        self.sent.append((involved.name, involved.uid, reason, message))
-
-    def patch_node_metadata(self, name, *, labels=None, annotations=None, cache=None):
-        return False
-
-
-def test_event_reporter_names_the_node_and_reports_once_per_reason() -> None:
-    from serfbridge.bridge import EventReporter, KubeView
-    from serfbridge.plan_publish import LeftOut
-
-    kube = FakeEvents()
-    view = KubeView(nodes={}, services={"default/a": svc("a", (80, 30080), (81, 30081))})
-    left = tuple(LeftOut("default", "a", p, "budget exceeded: limit 512") for p in ("80", "81"))
-    reporter = EventReporter("k2")
-    assert reporter.report(kube, view, left) == 1
-    assert reporter.report(kube, view, left) == 0  # same reason: no second Event
-    assert kube.sent == [
-        (
-            "a",
-            "a",
-            "NotPublished",
-            "not published on node k2 (ports 80, 81): budget exceeded: limit 512",
-        )
-    ]
-
-
-def test_event_reporter_retries_failures_and_reports_again_after_a_gap() -> None:
-    import dataclasses
-
-    from serfbridge.bridge import EventReporter, KubeView
-    from serfbridge.plan_publish import LeftOut
-
-    kube, reporter = FakeEvents(), EventReporter("k1")
-    view = KubeView(nodes={}, services={"default/a": svc("a", (80, 30080))})
-    left = (LeftOut("default", "a", "80", "budget exceeded"),)
-    kube.fail = True
-    assert reporter.report(kube, view, left) == 0  # the POST failed: not marked as sent
-    kube.fail = False
-    assert reporter.report(kube, view, left) == 1  # so the next pass sends it
-    assert reporter.report(kube, view, ()) == 0  # everything fits now
-    assert reporter.report(kube, view, left) == 1  # left out again: reported again
-    recreated = KubeView(
-        nodes={}, services={"default/a": dataclasses.replace(view.services["default/a"], uid="a2")}
-    )
-    assert reporter.report(kube, recreated, left) == 1  # a re-created Service is a new object
-    assert [uid for _, uid, _, _ in kube.sent] == ["a", "a", "a2"]
-
-
 # --- issue 13: another member's data never fails our pass ---------------------------------
 
 HOSTILE_FOREIGN = [

@@ -17,10 +17,10 @@ from serfbridge.defaults import HANDLER_SOCKET
 from serfbridge.errors import KubeUnavailable
 
 if TYPE_CHECKING:
+    from serfbridge.bridge import PublishPass
     from serfbridge.kube import KubeClient
     from serfbridge.kube_cache import KubeCache
     from serfbridge.plan_labels import LabelPlan
-    from serfbridge.plan_publish import PublishPlan
 
 log = logging.getLogger("serfbridge")
 
@@ -213,21 +213,25 @@ def sync(ctx: click.Context, /, once: bool, dry_run: bool, timeout: float, **_: 
     Env: SERF_RPC_ADDR, SERF_RPC_AUTH, KUBECONFIG, SERFBRIDGE_CLUSTER, SERFBRIDGE_NODE_NAME
     and every option's variable above.
     """
-    # The planners load only for the commands that plan.
-    from serfbridge import bridge, bridge_shim
+    from serfbridge import bridge  # the planners load only for the commands that plan
     from serfbridge.failure_hold import FailureHold
 
     check_seconds(timeout, "--timeout", maximum=3600)
     s = _settings(ctx)
     client, cache = _kube_cache(s, wait=timeout)
     try:
-        view = bridge_shim.read_kube(cache)
+        view = bridge.read_kube(cache)
         with _client(ctx) as serf:
             serf_view = bridge.read_serf(serf)
             if s.to_k8s:
-                hold = FailureHold.one_shot(time.monotonic())  # no later pass re-checks
-                plan, writes, _settled = bridge_shim.label_pass(
-                    serf_view, view, client, s, hold=hold, dry_run=dry_run, cache=cache
+                plan, writes = bridge.label_pass(
+                    serf_view,
+                    view,
+                    client,
+                    s,
+                    dry_run=dry_run,
+                    cache=cache,
+                    hold=FailureHold.one_shot(time.monotonic()),
                 )
                 _print_label_plan(plan, dry_run, writes)
             if s.to_serf:
@@ -257,7 +261,7 @@ def _print_label_plan(plan: LabelPlan, dry_run: bool, writes: int) -> None:
         click.echo(f"to-k8s: {writes} PATCH request(s) sent")
 
 
-def _print_publish_plan(plan: PublishPlan, dry_run: bool, writes: int, s: config.Settings) -> None:
+def _print_publish_plan(plan: PublishPass, dry_run: bool, writes: int, s: config.Settings) -> None:
     for entry in plan.entries:
         click.echo(
             f"to-serf: publishes {entry.type} {entry.port} {entry.description} ({entry.txt})"
@@ -268,6 +272,19 @@ def _print_publish_plan(plan: PublishPlan, dry_run: bool, writes: int, s: config
         )
     for problem in plan.problems:
         click.echo(f"to-serf: problem: {problem}")
+    if plan.owned is not None:  # bridge.PublishPass: every write of the pass is in it
+        for key, value in sorted(plan.owned.annotations.items()):
+            shown = "<remove>" if value is None else value
+            click.echo(
+                f"to-serf: {'would record' if dry_run else 'record'} on node "
+                f"{plan.owned.node} annotation {key}: {shown}"
+            )
+    for event in plan.events.events:
+        svc = event.service
+        click.echo(
+            f"to-serf: {'would report' if dry_run else 'report'} Event {event.reason} "
+            f"on {svc.namespace}/{svc.name}: {event.message}"
+        )
     if plan.change.noop:
         click.echo("to-serf: tags unchanged")
     else:

@@ -130,11 +130,11 @@ def _status_problem(report: object) -> str | None:
 
 def _computed_status(ctx: click.Context, s: config.Settings) -> dict[str, Any]:
     # The planners load only for the commands that plan.
-    from serfbridge import bridge, bridge_shim
+    from serfbridge import bridge
 
     client, cache = _kube_cache(s, wait=30)
     try:
-        view = bridge_shim.read_kube(cache)
+        view = bridge.read_kube(cache)
         with _client(ctx) as serf:
             plan, _ = bridge.publish_pass(serf, bridge.read_serf(serf), view, None, s, dry_run=True)
     finally:
