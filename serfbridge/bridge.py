@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 from serfbridge.cloudy import Entry, TagChange
 from serfbridge.config import Settings
 from serfbridge.errors import KubeConflict, KubeError
-from serfbridge.failure_hold import FailureHold
+from serfbridge.failure_hold import FailureHold, settle
 from serfbridge.kubemodels import NodeInfo, ServiceInfo, SliceInfo
 from serfbridge.plan_events import EventKey, EventPlan, PlannedEvent, plan_events
 from serfbridge.plan_labels import LabelPlan, NodePatch, plan_labels
@@ -120,9 +120,13 @@ def label_pass(
     cache: KubeCache | None = None,
 ) -> tuple[LabelPlan, int]:
     """Plan Node labels and apply them; returns the plan and the number of PATCHes sent."""
-    if not kube_view.synced:  # nothing decided, so the hold's memory is kept as it was
+    if not kube_view.synced:
+        # Nothing is written, but the hold follows the gossip all the same: a failure seen
+        # now is as old as it is when the view comes back.
+        settled = settle(serf_view.members, hold)
         note = "kubernetes view not synced: nothing written"
-        return LabelPlan(patches=(), notes=(note,), hold=hold), 0
+        plan = LabelPlan((), notes=(note,), hold=settled.hold, recheck_at=settled.recheck_at)
+        return plan, 0
     plan = plan_labels(
         serf_view.members,
         kube_view.nodes,
