@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar, cast
 
-from serfbridge.errors import Expired, KubeNotFound, KubeUnavailable
+from serfbridge.errors import Expired, KubeNotFound, KubeUnavailable, SerfBridgeError
 from serfbridge.kube import KubeClient, WatchStream
 from serfbridge.kube_json import (
     DISCOVERY,
@@ -189,15 +189,25 @@ class KubeCache:
                 failures = 0
                 while not self._stop.is_set():
                     resource_version = self._watch(kind, resource_version)
-            # MERGE: retry-as-value -- honour the error's temporary/permanent class here
-            # (a forbidden list should stop and report, not be retried forever).
             except Exception as exc:  # KubeError, or a bug: either way relist after a pause
                 self._set_listed(kind.name, False)
                 failures += 1
-                delay = min(self.max_backoff, 0.25 * 2**failures) * random.uniform(0.75, 1.0)
+                delay = self._retry_delay(exc, failures)
                 if not self._stop.is_set():
-                    log.warning("kube %s: %s; relisting in %.1fs", kind.name, exc, delay)
+                    level = logging.WARNING if _temporary(exc) else logging.ERROR
+                    log.log(level, "kube %s: %s; relisting in %.1fs", kind.name, exc, delay)
                 self._stop.wait(delay)
+
+    def _retry_delay(self, exc: Exception, failures: int) -> float:
+        """Retry as a value: a temporary error backs off from its ``retry_after``; a
+        permanent one (forbidden, auth) waits the longest backoff every time. Trying
+        fast cannot help it, but an RBAC fix must still be picked up without a restart."""
+        backoff = min(self.max_backoff, 0.25 * 2.0 ** min(failures, 16))
+        if not _temporary(exc):
+            backoff = self.max_backoff
+        elif isinstance(exc, SerfBridgeError) and exc.retry_after:
+            backoff = max(backoff, exc.retry_after)
+        return backoff * random.uniform(0.75, 1.0)
 
     def _relist(self, kind: _Kind) -> str:
         while True:
@@ -293,3 +303,8 @@ def _merged(current: Mapping[str, str], patch: Mapping[str, str | None]) -> dict
     """``current`` after a merge patch: None removes a key."""
     kept = {k: v for k, v in current.items() if k not in patch}
     return kept | {k: v for k, v in patch.items() if v is not None}
+
+
+def _temporary(exc: Exception) -> bool:
+    """Our errors say so themselves; anything else is a bug, retried as before."""
+    return not isinstance(exc, SerfBridgeError) or exc.temporary

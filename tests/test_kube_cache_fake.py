@@ -6,6 +6,7 @@ import threading
 
 import pytest
 
+from serfbridge.errors import KubeForbidden, KubeUnavailable
 from serfbridge.kube_cache import KubeCache
 from tests.fixtures_kube import ChangeLog, wait_until
 
@@ -105,3 +106,18 @@ def test_a_node_not_in_the_cache_is_left_alone(cache_and_client) -> None:
     cache.note_patched("nope", labels={"a": "b"}, annotations={})
     assert (cache.version, cache.nodes()) == before
     assert log.for_key("nodes", "nope") == []
+
+
+@pytest.mark.parametrize(
+    ("exc", "failures", "low", "high"),
+    [
+        pytest.param(KubeUnavailable("down"), 1, 0.375, 0.5, id="temporary-backs-off-from-short"),
+        pytest.param(KubeUnavailable("down"), 9, 6.0, 8.0, id="temporary-capped-at-max"),
+        pytest.param(KubeForbidden("rbac"), 1, 6.0, 8.0, id="forbidden-waits-the-longest"),
+        pytest.param(RuntimeError("bug"), 1, 0.375, 0.5, id="a-bug-is-retried-as-before"),
+    ],
+)
+def test_relist_delay_honours_the_retry_value(exc, failures, low, high) -> None:
+    cache = KubeCache(FakeKubeClient([]), max_backoff=8.0)  # never started: no thread
+    for _ in range(20):
+        assert low <= cache._retry_delay(exc, failures) <= high
