@@ -72,20 +72,20 @@ def cfg(self_node: str = "k1", **kw) -> LabelSettings:
     ],
 )
 def test_matching_order(m: Member, expected: str | None) -> None:
-    matched = match_members([m], NODES, cfg())
+    matched = match_members([m], NODES, settings=cfg())
     assert ({n for n, mm in matched.items() if mm is m} or {None}) == {expected}
 
 
 def test_alive_member_wins_over_a_failed_one_for_the_same_node() -> None:
     old = member("old", "failed", addr="10.0.0.2", k8s="lab/k2")
     new = member("new", "alive", addr="10.0.0.2", k8s="lab/k2")
-    assert match_members([old, new], NODES, cfg())["k2"] is new
+    assert match_members([old, new], NODES, settings=cfg())["k2"] is new
 
 
 def test_own_agent_is_authoritative_against_an_impostor() -> None:
     impostor = member("aaa", "alive", k8s="lab/k1", role="evil")
     mine = member("serf-k1", "alive")
-    assert match_members([impostor, mine], NODES, cfg())["k1"] is mine
+    assert match_members([impostor, mine], NODES, settings=cfg())["k1"] is mine
 
 
 def test_own_node_labels_and_annotations() -> None:
@@ -328,7 +328,9 @@ HOSTILE = [
 @pytest.mark.parametrize(("key", "value"), HOSTILE)
 def test_hostile_tags_are_skipped_and_counted(key: str, value: str) -> None:
     skipped: Counter[str] = Counter()
-    labels, annotations = desired_metadata(member("serf-k1", **{key: value}), cfg(), skipped)
+    labels, annotations = desired_metadata(
+        member("serf-k1", **{key: value}), cfg(), skipped=skipped
+    )
     assert list(labels) == [f"{P}/serf-status"]
     assert sum(skipped.values()) == 1
     json.loads(annotations[f"{P}/serf-tags"])  # still recorded, as valid JSON
@@ -337,7 +339,7 @@ def test_hostile_tags_are_skipped_and_counted(key: str, value: str) -> None:
 def test_sixty_tags_on_one_member() -> None:
     tags = {f"t{i}": f"v{i}" for i in range(60)}
     skipped: Counter[str] = Counter()
-    labels, _ = desired_metadata(member("serf-k1", **tags), cfg(), skipped)
+    labels, _ = desired_metadata(member("serf-k1", **tags), cfg(), skipped=skipped)
     assert len(labels) == 61 and not skipped
 
 
@@ -368,9 +370,9 @@ def test_a_member_recorded_on_its_node_is_recognised_by_other_bridges() -> None:
     own_record = {f"{P}/serf-member": "cloudy-abc", f"{P}/serf-recorded-by": "k2"}
     nodes = {**NODES, "k2": node("k2", annotations=own_record)}
     stranger = member("cloudy-abc")  # no k8s tag, unmatched address and name
-    assert match_members([stranger], nodes, cfg())["k2"] is stranger
+    assert match_members([stranger], nodes, settings=cfg())["k2"] is stranger
     other_cluster = member("cloudy-abc", k8s="other/k2")
-    assert match_members([other_cluster], nodes, cfg()) == {}
+    assert match_members([other_cluster], nodes, settings=cfg()) == {}
 
 
 def test_a_recent_failure_is_held_back_until_it_settles() -> None:
