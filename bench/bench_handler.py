@@ -261,6 +261,24 @@ def wait_cache_synced(bridge: BridgeProcess) -> None:
     raise RuntimeError(f"daemon {bridge.node} never synced its cache:\n{bridge.log_tail()}")
 
 
+def start_watchers(
+    w: World, node: str, *, name: str, until: float
+) -> tuple[dict[str, Any], list[threading.Thread]]:
+    """The event-stream watcher (subscribed before we go on), then the label poller.
+
+    Both fill the one dict returned; join the threads before reading it."""
+    out: dict[str, Any] = {}
+    watcher = threading.Thread(
+        target=watch_stream, args=(w.agent_for(w.nodes[1]).rpc_addr, name, until, out)
+    )
+    watcher.start()
+    while "subscribed" not in out and watcher.is_alive():
+        time.sleep(0.01)
+    poller = threading.Thread(target=poll_label, args=(w, node, until, out))
+    poller.start()
+    return out, [watcher, poller]
+
+
 def one_join(w: World, index: int, *, daemon_first: bool) -> tuple[float, float, str]:
     """(join -> label s, join -> stream s, event kind) for one new agent + Node + daemon.
 
@@ -279,22 +297,13 @@ def one_join(w: World, index: int, *, daemon_first: bool) -> tuple[float, float,
     if daemon_first:
         bridge.start()
         wait_cache_synced(bridge)
-    out: dict[str, Any] = {}
-    until = time.perf_counter() + 30
-    watcher = threading.Thread(
-        target=watch_stream, args=(w.agent_for(w.nodes[1]).rpc_addr, name, until, out)
-    )
-    watcher.start()
-    while "subscribed" not in out and watcher.is_alive():
-        time.sleep(0.01)
-    poller = threading.Thread(target=poll_label, args=(w, node, until, out))
-    poller.start()
+    out, watchers = start_watchers(w, node, name=name, until=time.perf_counter() + 30)
     started = time.perf_counter()
     if not daemon_first:
         bridge.start()
     agent.start()
-    watcher.join()
-    poller.join()
+    for watcher in watchers:
+        watcher.join()
     bridge.terminate()
     if "label" not in out or "stream" not in out:
         raise RuntimeError(f"join {name}: saw only {sorted(out)}\n{bridge.log_tail()}")

@@ -112,9 +112,9 @@ def read_kube(cache: KubeCache | None) -> KubeView:
 def label_pass(
     serf_view: SerfView,
     kube_view: KubeView,
+    *,
     kube: KubeWriter | None,
     settings: Settings,
-    *,
     hold: FailureHold,
     dry_run: bool = False,
     cache: KubeCache | None = None,
@@ -130,7 +130,7 @@ def label_pass(
     plan = plan_labels(
         serf_view.members,
         kube_view.nodes,
-        settings.label_settings(serf_view.self_member),
+        settings=settings.label_settings(serf_view.self_member),
         hold=hold,
     )
     if dry_run or kube is None:
@@ -149,7 +149,7 @@ def apply_node_patches(
     writes = 0
     for patch in patches:
         try:
-            _send_patch(kube, patch, cache)
+            _send_patch(kube, patch, cache=cache)
         except KubeConflict:
             log.info("node %s changed under us; the next pass retries", patch.node)
             continue
@@ -158,7 +158,7 @@ def apply_node_patches(
     return writes
 
 
-def _send_patch(kube: KubeWriter, patch: NodePatch, cache: KubeCache | None) -> None:
+def _send_patch(kube: KubeWriter, patch: NodePatch, *, cache: KubeCache | None) -> None:
     kube.patch_node(patch.node, labels=patch.labels, annotations=patch.annotations)
     if cache is not None:
         cache.note_patched(patch.node, labels=patch.labels, annotations=patch.annotations)
@@ -210,8 +210,8 @@ class PublishPass:
 def plan_publish_pass(
     serf_view: SerfView,
     kube_view: KubeView,
-    settings: Settings,
     *,
+    settings: Settings,
     reported: frozenset[EventKey] | None,
 ) -> PublishPass:
     """The whole to-serf plan. ``reported`` None: plan no Events (a caller that keeps no
@@ -240,29 +240,29 @@ def plan_publish_pass(
 def publish_pass(
     serf: TagsWriter,
     serf_view: SerfView,
+    *,
     kube_view: KubeView,
     kube: KubeWriter | None,
     settings: Settings,
-    *,
     dry_run: bool = False,
     cache: KubeCache | None = None,
     reported: frozenset[EventKey] | None = None,
 ) -> tuple[PublishPass, int]:
     """Plan this node's tags (and what goes with them) and apply them; the int counts
     ``tags`` calls (one at most)."""
-    planned = plan_publish_pass(serf_view, kube_view, settings, reported=reported)
+    planned = plan_publish_pass(serf_view, kube_view, settings=settings, reported=reported)
     if dry_run:
         return planned, 0
     return apply_publish_pass(
-        serf, kube, planned, current=serf_view.tags, settings=settings, cache=cache
+        serf, kube, planned=planned, current=serf_view.tags, settings=settings, cache=cache
     )
 
 
 def apply_publish_pass(
     serf: TagsWriter,
     kube: KubeWriter | None,
-    planned: PublishPass,
     *,
+    planned: PublishPass,
     current: Mapping[str, str],
     settings: Settings,
     cache: KubeCache | None,
@@ -270,7 +270,7 @@ def apply_publish_pass(
     """The one place a to-serf pass writes; returns the pass as applied and tags calls."""
     writes = _apply_tags(serf, planned.plan, current=current, tag_limit=settings.tag_limit)
     if kube is not None and planned.owned is not None:
-        _record_owned_tags(kube, planned.owned, cache)
+        _record_owned_tags(kube, planned.owned, cache=cache)
     return replace(planned, events=apply_events(kube, planned.events)), writes
 
 
@@ -295,9 +295,9 @@ def _apply_tags(
     return writes
 
 
-def _record_owned_tags(kube: KubeWriter, patch: NodePatch, cache: KubeCache | None) -> None:
+def _record_owned_tags(kube: KubeWriter, patch: NodePatch, *, cache: KubeCache | None) -> None:
     try:
-        _send_patch(kube, patch, cache)
+        _send_patch(kube, patch, cache=cache)
     except KubeError as exc:
         log.warning("could not record %s on node %s: %s", _describe(patch), patch.node, exc)
 

@@ -108,7 +108,7 @@ def upsert(entries: Sequence[Entry], new_entry: Entry) -> list[Entry]:
     return result
 
 
-def remove(entries: Sequence[Entry], type: str, port: str | int) -> list[Entry]:
+def remove(entries: Sequence[Entry], type: str, *, port: str | int) -> list[Entry]:
     """``entries`` without those keyed (type, port); the others unchanged, in order."""
     return [e for e in entries if e.key != (type, str(port))]
 

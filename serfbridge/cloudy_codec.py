@@ -134,7 +134,7 @@ def _decode_uncached(value: str) -> DecodeResult | str:
     entries: list[Entry] = []
     problems: list[str] = []
     for index, (item, raw) in enumerate(items, start=1):
-        entry = _decode_item(item, f"entry {index}", problems)
+        entry = _decode_item(item, f"entry {index}", problems=problems)
         if entry is not None:
             entries.append(entry.with_raw(raw))
     if len(problems) > MAX_PROBLEMS:
@@ -197,7 +197,7 @@ def _bunzip2(packed: bytes) -> bytes:
     return out
 
 
-def _decode_item(item: object, where: str, problems: list[str]) -> Entry | None:
+def _decode_item(item: object, where: str, *, problems: list[str]) -> Entry | None:
     if not isinstance(item, dict):
         problems.append(f"{where}: not a JSON object (got {_json_kind(item)}), skipped")
         return None

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 
+from serfbridge import defaults
 from serfbridge.errors import UsageError
 from serfbridge.printable import BIDI_CONTROLS
 
@@ -131,24 +132,32 @@ def _check_value(name: str, value: str) -> None:
             raise UsageError(f"{name} must not contain {char!r} ({reason}); got {value!r}")
 
 
+# (test of a field's name and one of its characters, why it is refused), first match wins.
+_FORBIDDEN: tuple[tuple[Callable[[str, str], bool], str], ...] = (
+    (lambda _, c: c in "'\"\\", "avahi-ps readers would corrupt the list"),
+    (
+        lambda name, c: c == "&" and name == "txt",
+        "avahi-ps turns it into a space, which corrupts the list",
+    ),
+    (lambda _, c: c.isspace(), "whitespace corrupts avahi-ps lists"),
+    (lambda _, c: unicodedata.category(c) in ("Cc", "Cs"), "control character"),
+    (
+        lambda _, c: c in BIDI_CONTROLS,
+        "bidirectional control character: it reorders what the UI shows",
+    ),
+    (
+        lambda name, c: name == "type" and not _TYPE_RE.fullmatch(c),
+        "a type is letters, digits, '_', '.' and '-': avahi-ps greps for it",
+    ),
+)
+
+
 def _forbidden_reason(name: str, char: str) -> str:
-    if char in "'\"\\":
-        return "avahi-ps readers would corrupt the list"
-    if char == "&" and name == "txt":
-        return "avahi-ps turns it into a space, which corrupts the list"
-    if char.isspace():
-        return "whitespace corrupts avahi-ps lists"
-    if unicodedata.category(char) in ("Cc", "Cs"):
-        return "control character"
-    if char in BIDI_CONTROLS:
-        return "bidirectional control character: it reorders what the UI shows"
-    if name == "type" and not _TYPE_RE.fullmatch(char):
-        return "a type is letters, digits, '_', '.' and '-': avahi-ps greps for it"
-    return ""
+    return next((reason for test, reason in _FORBIDDEN if test(name, char)), "")
 
 
 def _check_port(port: str) -> str:
-    if _PORT_RE.fullmatch(port) and 1 <= int(port) <= 65535:
+    if _PORT_RE.fullmatch(port) and 1 <= int(port) <= defaults.MAX_PORT:
         return str(int(port))
     raise UsageError(f"port must be a number 1-65535, got {port!r}")
 

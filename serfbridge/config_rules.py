@@ -21,6 +21,7 @@ import re
 from collections.abc import Callable
 from typing import Protocol
 
+from serfbridge import defaults
 from serfbridge.errors import ConfigError
 from serfbridge.errors import InvalidSetting as Invalid
 from serfbridge.selector import parse_selector
@@ -67,6 +68,7 @@ MAX_AUTH_KEY = 1024
 MAX_PATH = 4096
 MAX_REGEX = 1000
 
+_ASCII_CONTROLS = frozenset(map(chr, [*range(0x20), 0x7F]))  # C0 controls and DEL
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")  # label-value syntax
@@ -148,7 +150,12 @@ def number(
 
 def _address(value: object) -> None:
     host, sep, port = str(value).rpartition(":")
-    if not sep or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
+    if (
+        not sep
+        or not port.isascii()
+        or not port.isdigit()
+        or not 0 < int(port) <= defaults.MAX_PORT
+    ):
         raise Invalid("must be host:port with a port from 1 to 65535")
     if not _HOST.fullmatch(host):
         raise Invalid("has a host with spaces, control characters or stray brackets")
@@ -171,7 +178,7 @@ def _path(limit: int, *, empty_ok: bool = False) -> Callable[[object], None]:
         text = str(value)
         if not text and not empty_ok:
             raise Invalid("must not be empty")
-        if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        if any(c in _ASCII_CONTROLS for c in text):
             raise Invalid("must not contain control characters")
         if len(text.encode("utf-8")) > limit:
             raise Invalid(f"is longer than {limit} bytes")
@@ -199,13 +206,13 @@ def _each(regex: re.Pattern[str], rule: str) -> Callable[[object], None]:
 
 def _label_prefix(value: object) -> None:
     text = str(value)
-    if len(text) > 253 or not _DNS_SUBDOMAIN.fullmatch(text):
+    if len(text) > defaults.DNS_NAME_MAX or not _DNS_SUBDOMAIN.fullmatch(text):
         raise Invalid("must be a DNS subdomain (lowercase letters, digits, '-' and '.')")
 
 
 def _node_name(value: object) -> None:
     text = str(value)
-    if len(text) > 253 or not _DNS_SUBDOMAIN.fullmatch(text):
+    if len(text) > defaults.DNS_NAME_MAX or not _DNS_SUBDOMAIN.fullmatch(text):
         raise Invalid("must be a Kubernetes node name (a lowercase DNS subdomain)")
 
 

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     KubeFactory = Callable[[Settings], tuple[KubeClient, KubeCache]]
 
 log = logging.getLogger(__name__)
+_MEMBERS_LOGGED = 5  # a handed-over event names its first few members in the log line
 #: Settings the open client, the listeners and the cache use: a SIGHUP cannot change them.
 FIXED_SETTINGS = (
     "rpc_addr",
@@ -245,7 +246,9 @@ class Daemon:
     def _on_handoff(self, request: HandOff) -> None:
         self.scheduler.poke("to-k8s")
         self.scheduler.poke("to-serf")  # placement follows membership
-        shown = ", ".join(request.members[:5]) + (", ..." if request.count > 5 else "")
+        shown = ", ".join(request.members[:_MEMBERS_LOGGED]) + (
+            ", ..." if request.count > _MEMBERS_LOGGED else ""
+        )
         log.info(
             "event handed over by the handler: %s (%d member(s)%s)",
             request.event,

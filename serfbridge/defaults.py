@@ -26,3 +26,9 @@ CLUSTER = "default"
 REPLICAS = 2
 #: The Cloudy cloud's name in published host names (``<node>.<cloud>.local``).
 CLOUD_NAME = "guifi"
+
+# Limits of the formats we speak, not defaults; here so each is stated once.
+#: The highest TCP/UDP port number.
+MAX_PORT = 65535
+#: The longest DNS subdomain name (RFC 1123), which Kubernetes label prefixes must be.
+DNS_NAME_MAX = 253

@@ -35,6 +35,7 @@ class SerfEvent:
         self,
         name: str,
         self_name: str,
+        *,
         user_event: str | None = None,
         query: str | None = None,
         members: tuple[str, ...] = (),
@@ -80,7 +81,7 @@ def parse_event(env: Mapping[str, str], stdin: bytes) -> SerfEvent:
 
 def hand_over(path: str, event: SerfEvent, *, timeout: float = 1.0) -> bool:
     """Give the event to a running daemon; False when none listens at ``path``."""
-    return handoff.hand_over(path, event.name, event.members, timeout=timeout)
+    return handoff.hand_over(path, event.name, members=event.members, timeout=timeout)
 
 
 #: What is read of serf's member lines on stdin (about 40 000 members): they are only a

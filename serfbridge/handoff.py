@@ -75,7 +75,7 @@ class HandOff:
 
     __slots__ = ("count", "event", "members")
 
-    def __init__(self, event: str, members: tuple[str, ...], count: int) -> None:
+    def __init__(self, event: str, members: tuple[str, ...], *, count: int) -> None:
         self.event = event
         self.members = members
         self.count = count
@@ -105,10 +105,10 @@ def decode_request(line: bytes) -> HandOff:
     count = obj.get("count", len(members))
     if not isinstance(count, int) or isinstance(count, bool) or count < 0:
         raise HandoffError("count must be a non-negative integer")
-    return HandOff(event, tuple(m[:MAX_NAME] for m in members), count)
+    return HandOff(event, tuple(m[:MAX_NAME] for m in members), count=count)
 
 
-def hand_over(path: str, event: str, members: tuple[str, ...], *, timeout: float = 1.0) -> bool:
+def hand_over(path: str, event: str, *, members: tuple[str, ...], timeout: float = 1.0) -> bool:
     """Give the event to a running daemon; False when none listens at ``path``, or it
     did not say ``ok`` within ``timeout`` (the caller then does the work itself)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -251,11 +251,13 @@ class HandoffServer:
 
         uid = localpeers.peer_uid(conn)
         if uid not in self.trusted:
-            self._refuse(conn, "denied", f"refused a client of uid {localpeers.user_name(uid)}")
+            self._refuse(
+                conn, "denied", message=f"refused a client of uid {localpeers.user_name(uid)}"
+            )
             return
         # A slot frees within the deadline, so waiting for one is bounded too.
         if not self._slots.acquire(timeout=self.deadline):
-            self._refuse(conn, "busy", "all client slots busy; refused a client")
+            self._refuse(conn, "busy", message="all client slots busy; refused a client")
             return
         try:
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
@@ -263,7 +265,7 @@ class HandoffServer:
             self._slots.release()
             raise
 
-    def _refuse(self, conn: socket.socket, reason: str, message: str) -> None:
+    def _refuse(self, conn: socket.socket, reason: str, *, message: str) -> None:
         self._on_refused(reason)
         self._complaints.warning(
             reason, f"handler socket: {message} (only the agent's user may hand over)"

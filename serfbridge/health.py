@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 READ_TIMEOUT = 5.0  # seconds a request may take to arrive; kubelet probes take 1 ms
 MAX_CONNECTIONS = 64
 _EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_EXHAUSTED_LOG_EVERY = 60.0  # seconds: a descriptor shortage lasts, one warning a minute
 
 
 class Metrics:
@@ -113,7 +114,7 @@ class _BoundedServer(ThreadingHTTPServer):
     request_queue_size = 128
 
     def __init__(
-        self, addr: tuple[str, int], handler: type[BaseHTTPRequestHandler], metrics: Metrics
+        self, addr: tuple[str, int], handler: type[BaseHTTPRequestHandler], *, metrics: Metrics
     ) -> None:
         self._metrics = metrics
         self._open: dict[socket.socket, float] = {}  # connection -> when it was accepted
@@ -128,7 +129,7 @@ class _BoundedServer(ThreadingHTTPServer):
             if exc.errno in _EXHAUSTED:
                 self._metrics.refused.labels("http", "exhausted").inc()
                 now = time.monotonic()
-                if now - self._exhausted_logged >= 60:
+                if now - self._exhausted_logged >= _EXHAUSTED_LOG_EVERY:
                     self._exhausted_logged = now
                     log.warning("http: accept failed: %s; retrying", exc.strerror)
                 # serve_forever would spin on the ready listener: pause while connections
@@ -182,7 +183,7 @@ class HealthServer:
                 pass  # probes every few seconds would flood the log
 
         try:
-            self._server = _BoundedServer((host, port), Handler, metrics)
+            self._server = _BoundedServer((host, port), Handler, metrics=metrics)
         except OSError as exc:
             raise ConfigError(f"cannot listen on --http-addr {addr}: {exc.strerror}") from exc
         self._server.daemon_threads = True
@@ -203,20 +204,22 @@ class HealthServer:
     def _serve(self, request: BaseHTTPRequestHandler) -> None:
         path = request.path.split("?")[0]
         if path == "/healthz":
-            self._reply(request, 200, b"ok\n", "text/plain")
+            self._reply(request, 200, body=b"ok\n", ctype="text/plain")
         elif path == "/readyz":
             ok, why = self.ready()
-            self._reply(request, 200 if ok else 503, f"{why}\n".encode(), "text/plain")
+            self._reply(request, 200 if ok else 503, body=f"{why}\n".encode(), ctype="text/plain")
         elif path == "/metrics":
-            self._reply(request, 200, generate_latest(self.metrics.registry), CONTENT_TYPE_LATEST)
+            self._reply(
+                request, 200, body=generate_latest(self.metrics.registry), ctype=CONTENT_TYPE_LATEST
+            )
         elif path == "/status":
             body = json.dumps(self.status(), indent=2, sort_keys=True).encode()
-            self._reply(request, 200, body + b"\n", "application/json")
+            self._reply(request, 200, body=body + b"\n", ctype="application/json")
         else:
-            self._reply(request, 404, b"not found\n", "text/plain")
+            self._reply(request, 404, body=b"not found\n", ctype="text/plain")
 
     @staticmethod
-    def _reply(request: BaseHTTPRequestHandler, code: int, body: bytes, ctype: str) -> None:
+    def _reply(request: BaseHTTPRequestHandler, code: int, *, body: bytes, ctype: str) -> None:
         request.send_response(code)
         request.send_header("Content-Type", ctype)
         request.send_header("Content-Length", str(len(body)))

@@ -26,6 +26,7 @@ import socket
 import threading
 from collections import Counter
 from collections.abc import Iterator, Mapping
+from http import HTTPStatus
 from typing import Any, cast
 
 import urllib3
@@ -122,7 +123,7 @@ def _loader_error(exc: Exception) -> str:
     return " ".join(str(exc).split())[:300]
 
 
-def _where(verb: str, resource: str, namespace: str | None) -> str:
+def _where(verb: str, resource: str, *, namespace: str | None) -> str:
     return f"{verb} {resource}" + (f" in namespace {namespace}" if namespace else "")
 
 
@@ -140,7 +141,7 @@ def translate(exc: ApiException, where: str) -> KubeError:
     status = exc.status or 0  # 0: TLS failure inside the client
     fallback = (
         (KubeUnavailable, "unavailable")
-        if status == 0 or status >= 500
+        if status == 0 or status >= HTTPStatus.INTERNAL_SERVER_ERROR
         else (KubeError, f"HTTP {status}")
     )
     cls, label = _STATUS_ERRORS.get(status, fallback)
@@ -184,9 +185,9 @@ class KubeClient:
         content_type: str = "application/json",
     ) -> Json:
         """One request; returns the decoded reply (empty dict for an empty body)."""
-        where = _where(verb, resource, namespace)
+        where = _where(verb, resource, namespace=namespace)
         response = self._open(
-            method, path, where, query=query, body=body, content_type=content_type
+            method, path, where=where, query=query, body=body, content_type=content_type
         )
         try:
             data = response.data
@@ -207,16 +208,16 @@ class KubeClient:
             "allowWatchBookmarks": "true",
             "timeoutSeconds": str(timeout),
         }
-        where = _where("watch", resource, None)
-        response = self._open("GET", path, where, query=query, read_timeout=timeout + 15.0)
+        where = _where("watch", resource, namespace=None)
+        response = self._open("GET", path, where=where, query=query, read_timeout=timeout + 15.0)
         return WatchStream(response, where)
 
     def _open(
         self,
         method: str,
         path: str,
-        where: str,
         *,
+        where: str,
         query: Mapping[str, str] | None = None,
         body: Json | None = None,
         content_type: str = "application/json",
@@ -227,7 +228,9 @@ class KubeClient:
         headers = {"Accept": "application/json", "Content-Type": content_type}
         timeout = (10.0, read_timeout or self.timeout)
         try:
-            return self._send(method, path, query, headers, body, timeout)
+            return self._send(
+                method, path, query=query, headers=headers, body=body, timeout=timeout
+            )
         except ApiException as exc:
             raise translate(exc, where) from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
@@ -237,6 +240,7 @@ class KubeClient:
         self,
         method: str,
         path: str,
+        *,
         query: Mapping[str, str] | None,
         headers: dict[str, str],
         body: Json | None,
@@ -268,7 +272,7 @@ class KubeClient:
             auth_settings=["BearerToken"],
         )
         reply = self._api.call_api(*prepared, _request_timeout=timeout)
-        if not 200 <= reply.status <= 299:
+        if not HTTPStatus.OK <= reply.status < HTTPStatus.MULTIPLE_CHOICES:  # not 2xx
             reply.read()
             raise ApiException(http_resp=reply)
         return reply.response

@@ -21,6 +21,7 @@ import random
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import TypeVar, cast
 
 from serfbridge.errors import Expired, KubeNotFound, KubeUnavailable, SerfBridgeError
@@ -173,7 +174,7 @@ class KubeCache:
                 labels=_merged(node.labels, labels),
                 annotations=_merged(node.annotations, annotations),
             )
-            self._replace_one("nodes", name, node, patched)
+            self._replace_one("nodes", name, old=node, new=patched)
 
     def _snapshot(self, kind: str, cls: type[T]) -> dict[str, T]:
         with self._cond:
@@ -242,7 +243,7 @@ class KubeCache:
     def _apply(self, kind: _Kind, event: Json) -> str | None:
         obj, event_type = event.get("object") or {}, event.get("type")
         if event_type == "ERROR":
-            gone = obj.get("code") == 410
+            gone = obj.get("code") == HTTPStatus.GONE
             cls, label = (Expired, "expired") if gone else (KubeUnavailable, "watch error")
             raise cls(f"{label}: watch {kind.name}: {obj.get('message', obj)}")
         if event_type in ("ADDED", "MODIFIED", "DELETED"):
@@ -250,7 +251,9 @@ class KubeCache:
             with self._cond:
                 key = object_key(new)
                 old = self._stores[kind.name].get(key)
-                self._replace_one(kind.name, key, old, None if event_type == "DELETED" else new)
+                self._replace_one(
+                    kind.name, key, old=old, new=None if event_type == "DELETED" else new
+                )
         return cast("str | None", metadata_of(obj).get("resourceVersion"))
 
     def _replace(self, kind: str, fresh: dict[str, KubeObject]) -> None:
@@ -267,7 +270,7 @@ class KubeCache:
             self._set_listed(kind, True)
 
     def _replace_one(
-        self, kind: str, key: str, old: KubeObject | None, new: KubeObject | None
+        self, kind: str, key: str, *, old: KubeObject | None, new: KubeObject | None
     ) -> None:
         """Store ``new`` (None deletes) under ``key``, reporting it only when it differs."""
         if old == new:

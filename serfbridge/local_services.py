@@ -63,12 +63,12 @@ def publish(client: SerfClient, entry: Entry) -> TagChange:
     return apply_entries(client, lambda entries: cloudy.upsert(entries, entry))
 
 
-def unpublish(client: SerfClient, service_type: str, port: str) -> tuple[TagChange, bool]:
+def unpublish(client: SerfClient, service_type: str, *, port: str) -> tuple[TagChange, bool]:
     """Remove the entry with (type, port); returns the change and whether one existed."""
     found: list[bool] = []
 
     def drop(entries: list[Entry]) -> list[Entry]:
-        kept = cloudy.remove(entries, service_type, port)
+        kept = cloudy.remove(entries, service_type, port=port)
         found.append(len(kept) != len(entries))
         return kept
 

@@ -29,6 +29,7 @@ from serfbridge.errors import ConfigError, UntrustedAgent
 
 PROC_NET = Path("/proc/net")
 _LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp's "st" column
+_TABLE_FIELDS = 8  # /proc/net/tcp columns up to "uid", the last one we read
 Address = tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]
 
 
@@ -93,7 +94,7 @@ def parse_socket_table(text: str) -> list[tuple[Address, Address, str, int]]:
     rows = []
     for line in text.splitlines()[1:]:
         fields = line.split()
-        if len(fields) < 8:
+        if len(fields) < _TABLE_FIELDS:
             continue
         try:
             rows.append((_address(fields[1]), _address(fields[2]), fields[3], int(fields[7])))
@@ -102,7 +103,7 @@ def parse_socket_table(text: str) -> list[tuple[Address, Address, str, int]]:
     return rows
 
 
-def maybe_server_uid(server: Address, client: Address, tables: Iterable[str]) -> int | None:
+def maybe_server_uid(server: Address, client: Address, *, tables: Iterable[str]) -> int | None:
     """The uid owning the server end of the connection ``client -> server``, else the
     uid of the socket listening on ``server`` (exactly, or on a wildcard address)."""
     rows = [row for text in tables for row in parse_socket_table(text)]
@@ -125,13 +126,13 @@ def _read_tables() -> list[str]:
     return texts
 
 
-def check_agent_owner(sock: socket.socket, trusted: frozenset[int], addr: str) -> None:
+def check_agent_owner(sock: socket.socket, trusted: frozenset[int], *, addr: str) -> None:
     """Raise ``UntrustedAgent`` unless the local socket that accepted ``sock`` belongs to
     a trusted uid. A peer that is not on this host is not checked (it cannot be)."""
     peer, local = sock.getpeername()[:2], sock.getsockname()[:2]
     server = (_plain(ipaddress.ip_address(peer[0])), int(peer[1]))
     client = (_plain(ipaddress.ip_address(local[0])), int(local[1]))
-    uid = maybe_server_uid(server, client, _read_tables())
+    uid = maybe_server_uid(server, client, tables=_read_tables())
     if uid is None:
         if server[0].is_loopback:
             raise UntrustedAgent(

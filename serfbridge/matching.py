@@ -123,11 +123,11 @@ def match(
     keys = Keys.for_prefix(prefix)
     ours = [m for m in members if m.name == self_member or not _foreign(m, cluster)]
     records = {name: r for name, info in nodes.items() if (r := maybe_record(info, keys))}
-    candidates = _candidates(ours, nodes, records)
+    candidates = _candidates(ours, nodes, records=records)
     bindings: dict[str, Binding] = {}
     for node, found in candidates.items():
         if found:
-            binding = _choose(found, records.get(node), node, writer=self_node)
+            binding = _choose(found, records.get(node), node=node, writer=self_node)
             if maybe_claim(binding.member) == (cluster, node):  # its own bridge runs there
                 binding = replace(binding, bridged=True)
             bindings[node] = binding
@@ -148,7 +148,7 @@ def match(
 
 
 def match_for(
-    members: Iterable[Member], nodes: Mapping[str, NodeInfo], settings: PlanSettings
+    members: Iterable[Member], nodes: Mapping[str, NodeInfo], *, settings: PlanSettings
 ) -> Match:
     """``match`` with this bridge's settings: what both planners call."""
     return match(
@@ -162,10 +162,10 @@ def match_for(
 
 
 def match_members(
-    members: Iterable[Member], nodes: Mapping[str, NodeInfo], settings: PlanSettings
+    members: Iterable[Member], nodes: Mapping[str, NodeInfo], *, settings: PlanSettings
 ) -> dict[str, Member]:
     """Node name -> the member that speaks for it."""
-    return match_for(members, nodes, settings).members()
+    return match_for(members, nodes, settings=settings).members()
 
 
 def _foreign(member: Member, cluster: str) -> bool:
@@ -176,6 +176,7 @@ def _foreign(member: Member, cluster: str) -> bool:
 def _candidates(
     members: Sequence[Member],
     nodes: Mapping[str, NodeInfo],
+    *,
     records: Mapping[str, Record],
 ) -> dict[str, list[Member]]:
     """Node -> the members vouched for by its own record, or by an address only it has.
@@ -206,7 +207,7 @@ def _unique(addresses: Mapping[str, Sequence[str]]) -> dict[str, str]:
     return {a: next(iter(ns)) for a, ns in owners.items() if len(ns) == 1}
 
 
-def _choose(found: Sequence[Member], record: Record | None, node: str, *, writer: str) -> Binding:
+def _choose(found: Sequence[Member], record: Record | None, *, node: str, writer: str) -> Binding:
     def recorded(m: Member) -> int:
         if record is None or m.name != record.member:
             return 2

@@ -70,7 +70,7 @@ class PassRunner:
         raise NotImplementedError
 
     def apply(
-        self, settings: Settings, serf_view: bridge.SerfView, kube_view: bridge.KubeView
+        self, settings: Settings, serf_view: bridge.SerfView, *, kube_view: bridge.KubeView
     ) -> tuple[int, bool]:
         """Run the direction's pass: (writes sent, whether it counts as a full sync)."""
         raise NotImplementedError
@@ -104,7 +104,7 @@ class PassRunner:
             serf_view = bridge.read_serf(self.serf)
             self.self_member = serf_view.self_member
             self.metrics.rpc_connected.set(1)
-            writes, ok = self.apply(settings, serf_view, bridge.read_kube(self.cache))
+            writes, ok = self.apply(settings, serf_view, kube_view=bridge.read_kube(self.cache))
         except SerfBridgeError as exc:
             self._on_error(exc)
             return
@@ -177,11 +177,11 @@ class LabelRunner(PassRunner):
         return settings.to_k8s
 
     def apply(
-        self, settings: Settings, serf_view: bridge.SerfView, kube_view: bridge.KubeView
+        self, settings: Settings, serf_view: bridge.SerfView, *, kube_view: bridge.KubeView
     ) -> tuple[int, bool]:
         hold = FailureHold(settings.failure_hold, self.clock(), self.hold.first_seen)
         plan, writes = bridge.label_pass(
-            serf_view, kube_view, self.kube, settings, hold=hold, cache=self.cache
+            serf_view, kube_view, kube=self.kube, settings=settings, hold=hold, cache=self.cache
         )
         self.hold = plan.hold
         if plan.recheck_at is not None:  # a held-back failure becomes old enough then
@@ -230,14 +230,14 @@ class PublishRunner(PassRunner):
         return settings.to_serf
 
     def apply(
-        self, settings: Settings, serf_view: bridge.SerfView, kube_view: bridge.KubeView
+        self, settings: Settings, serf_view: bridge.SerfView, *, kube_view: bridge.KubeView
     ) -> tuple[int, bool]:
         plan, writes = bridge.publish_pass(
             self.serf,
             serf_view,
-            kube_view,
-            self.kube,
-            settings,
+            kube_view=kube_view,
+            kube=self.kube,
+            settings=settings,
             cache=self.cache,
             reported=self.reported if self.kube is not None else None,
         )

@@ -70,8 +70,8 @@ class Shortfall:
 def place(
     wants: Sequence[Want],
     rooms: Mapping[str, NodeRoom],
-    limit: int,
     *,
+    limit: int,
     memo: FitMemo | None = None,
 ) -> tuple[dict[str, list[Entry]], list[Shortfall]]:
     """Node -> its owned entries in placement order, and the ports left short.
@@ -84,13 +84,15 @@ def place(
     states = {node: memo.root(room, limit) for node, room in rooms.items()}
     short: list[Shortfall] = []
     for want in sorted(wants, key=lambda w: (-w.priority, w.namespace, w.service, w.port)):
-        ranking = _first_in(ranked(want.key, want.pool), rooms, want.replicas + EXTRA_TRIALS)
+        ranking = _first_in(ranked(want.key, want.pool), rooms, count=want.replicas + EXTRA_TRIALS)
         placed: list[str] = []
         for node in ranking:
             if len(placed) == want.replicas:
                 break
             entry = want.entry_for(node)
-            after = memo.step(states[node], rooms[node], assigned[node], entry, limit)
+            after = memo.step(
+                states[node], rooms[node], ours=assigned[node], entry=entry, limit=limit
+            )
             if after is not None:
                 states[node] = after
                 assigned[node].append(entry)
@@ -100,7 +102,7 @@ def place(
     return assigned, short
 
 
-def _first_in(ranking: Sequence[str], rooms: Mapping[str, NodeRoom], count: int) -> list[str]:
+def _first_in(ranking: Sequence[str], rooms: Mapping[str, NodeRoom], *, count: int) -> list[str]:
     """The first ``count`` of ``ranking`` that have a room, in order."""
     found: list[str] = []
     for node in ranking:
@@ -111,7 +113,7 @@ def _first_in(ranking: Sequence[str], rooms: Mapping[str, NodeRoom], count: int)
     return found
 
 
-def fits(room: NodeRoom, ours: Sequence[Entry], limit: int) -> bool:
+def fits(room: NodeRoom, ours: Sequence[Entry], *, limit: int) -> bool:
     """True when the room's tags, with ``ours`` after its foreign entries, fit ``limit``."""
     if not room.writable:
         return False
@@ -121,14 +123,14 @@ def fits(room: NodeRoom, ours: Sequence[Entry], limit: int) -> bool:
 
 
 def fit_in_order(
-    room: NodeRoom, entries: Sequence[Entry], limit: int, *, memo: FitMemo | None = None
+    room: NodeRoom, entries: Sequence[Entry], *, limit: int, memo: FitMemo | None = None
 ) -> list[Entry]:
     """The entries that fit next to the room's foreign ones, taken in the order given."""
     memo = _MEMO if memo is None else memo
     kept: list[Entry] = []
     state = memo.root(room, limit)
     for entry in entries:
-        after = memo.step(state, room, kept, entry, limit)
+        after = memo.step(state, room, ours=kept, entry=entry, limit=limit)
         if after is not None:
             state = after
             kept.append(entry)
@@ -194,7 +196,13 @@ class FitMemo:
         return found
 
     def step(
-        self, state: _Step | None, room: NodeRoom, ours: Sequence[Entry], entry: Entry, limit: int
+        self,
+        state: _Step | None,
+        room: NodeRoom,
+        *,
+        ours: Sequence[Entry],
+        entry: Entry,
+        limit: int,
     ) -> _Step | None:
         """The step after appending ``entry`` to ``ours`` (reached as ``state``), or None
         when it does not fit."""
@@ -203,7 +211,9 @@ class FitMemo:
         key = (entry, entry.raw)
         found = state.after.get(key, _MISSING)
         if found is _MISSING:
-            found = state.after[key] = self._new() if fits(room, [*ours, entry], limit) else None
+            found = state.after[key] = (
+                self._new() if fits(room, [*ours, entry], limit=limit) else None
+            )
         return found
 
     def _new(self) -> _Step:

@@ -65,7 +65,7 @@ def plan_events(
     """
     current = _ports_by_key(left_out, services)
     events = tuple(
-        _event(key, services[f"{key.namespace}/{key.name}"], ports, node)
+        _event(key, services[f"{key.namespace}/{key.name}"], ports=ports, node=node)
         for key, ports in sorted(current.items())
         if key not in sent
     )
@@ -85,6 +85,6 @@ def _ports_by_key(
     return result
 
 
-def _event(key: EventKey, svc: ServiceInfo, ports: list[str], node: str) -> PlannedEvent:
+def _event(key: EventKey, svc: ServiceInfo, *, ports: list[str], node: str) -> PlannedEvent:
     message = f"not published on node {node} (ports {', '.join(ports)}): {key.why}"
     return PlannedEvent(key, svc, REASON, message)

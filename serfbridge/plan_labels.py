@@ -56,6 +56,7 @@ _LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
 _LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
 _WRITER_STATES = ("alive", "leaving")  # the Node's own bridge is up and writes for itself
 _VERDICTS = ("failed", "left")  # labels only other bridges write: the majority's verdict
+_UNVERIFIED_NAMED = 3  # an unverified-claims note names this many members, then counts
 
 
 def is_label_name(name: str) -> bool:
@@ -102,8 +103,8 @@ def _clean(text: str) -> str:
 def desired_metadata(
     member: Member,
     settings: LabelSettings,
-    skipped: Counter[str],
     *,
+    skipped: Counter[str],
     recorded_by: str | None = None,
 ) -> tuple[dict[str, str], dict[str, str]]:
     """The labels and annotations ``member`` maps to; rejects are counted in ``skipped``.
@@ -155,6 +156,7 @@ def _owned_annotations(settings: LabelSettings) -> list[str]:
 def diff_metadata(
     node: NodeInfo,
     labels: Mapping[str, str],
+    *,
     annotations: Mapping[str, str],
     settings: LabelSettings,
 ) -> tuple[dict[str, str | None], dict[str, str | None]]:
@@ -180,8 +182,8 @@ def diff_metadata(
 def plan_labels(
     members: Sequence[Member],
     nodes: Mapping[str, NodeInfo],
-    settings: LabelSettings,
     *,
+    settings: LabelSettings,
     hold: FailureHold | None = None,
 ) -> LabelPlan:
     """The patches this bridge (``settings.self_node``) must make, and what it skipped.
@@ -193,13 +195,13 @@ def plan_labels(
     """
     settled = settle(members, hold if hold is not None else FailureHold.one_shot(0.0))
     held = settled.unsettled
-    found = matching.match_for(members, nodes, settings)
+    found = matching.match_for(members, nodes, settings=settings)
     skipped: Counter[str] = Counter()
     notes = _unverified_notes(found, skipped)
     guard = _maybe_partition_guard(found.members())
     if guard is not None:
         return LabelPlan((), dict(skipped), (guard, *notes), settled.hold, settled.recheck_at)
-    writers = _writers(found, nodes, settings)
+    writers = _writers(found, nodes, settings=settings)
     patches = []
     for name in sorted(nodes):
         binding = found.bindings.get(name)
@@ -208,7 +210,9 @@ def plan_labels(
                 f"{name}: member {binding.member.name} failed recently; waiting to be sure"
             )
             continue
-        patch = _maybe_patch(name, binding, nodes[name], writers, settings, skipped)
+        patch = _maybe_patch(
+            name, binding, node=nodes[name], writers=writers, settings=settings, skipped=skipped
+        )
         if patch is not None:
             patches.append(patch)
     return LabelPlan(tuple(patches), dict(skipped), tuple(notes), settled.hold, settled.recheck_at)
@@ -219,8 +223,9 @@ def _unverified_notes(found: matching.Match, skipped: Counter[str]) -> list[str]
     if not found.unverified:
         return []
     skipped[UNVERIFIED] = len(found.unverified)
-    shown = ", ".join(repr(n) for n in found.unverified[:3])
-    more = f" and {len(found.unverified) - 3} more" if len(found.unverified) > 3 else ""
+    shown = ", ".join(repr(n) for n in found.unverified[:_UNVERIFIED_NAMED])
+    hidden = len(found.unverified) - _UNVERIFIED_NAMED
+    more = f" and {hidden} more" if hidden > 0 else ""
     return [f"ignored unverifiable k8s claims of members {shown}{more}"]
 
 
@@ -238,16 +243,19 @@ def _maybe_partition_guard(matched: Mapping[str, Member]) -> str | None:
 
 
 def _writers(
-    found: matching.Match, nodes: Mapping[str, NodeInfo], settings: LabelSettings
+    found: matching.Match, nodes: Mapping[str, NodeInfo], *, settings: LabelSettings
 ) -> list[str]:
     """The Nodes whose own bridge is alive and recorded itself: who may write for others."""
     alive = sorted(n for n, b in found.bindings.items() if b.member.status == "alive")
-    return [n for n in alive if _recorded_itself(n, found.bindings[n], nodes, settings)]
+    return [
+        n for n in alive if _recorded_itself(n, found.bindings[n], nodes=nodes, settings=settings)
+    ]
 
 
 def _maybe_patch(
     name: str,
     binding: matching.Binding | None,
+    *,
     node: NodeInfo,
     writers: Sequence[str],
     settings: LabelSettings,
@@ -256,22 +264,22 @@ def _maybe_patch(
     """The patch this bridge makes on ``name``, or None (not its to write, or no change)."""
     current = node.labels.get(settings.key("serf-status"))
     verdict = current if current in _VERDICTS else None
-    reason = _why_we_write(name, binding, writers, settings, verdict)
+    reason = _why_we_write(name, binding, writers=writers, settings=settings, verdict=verdict)
     if reason is None:
         return None
     labels: dict[str, str] = {}
     annotations: dict[str, str] = {}
     if binding is not None:
         labels, annotations = desired_metadata(
-            binding.member, settings, skipped, recorded_by=binding.recorded_by
+            binding.member, settings, skipped=skipped, recorded_by=binding.recorded_by
         )
-    label_patch, ann_patch = diff_metadata(node, labels, annotations, settings)
+    label_patch, ann_patch = diff_metadata(node, labels, annotations=annotations, settings=settings)
     patch = NodePatch(name, label_patch, ann_patch, reason)
     return None if patch.empty else patch
 
 
 def _recorded_itself(
-    node: str, binding: matching.Binding, nodes: Mapping[str, NodeInfo], settings: LabelSettings
+    node: str, binding: matching.Binding, *, nodes: Mapping[str, NodeInfo], settings: LabelSettings
 ) -> bool:
     """True when ``node``'s own bridge has recorded its member: it can write for others.
 
@@ -284,6 +292,7 @@ def _recorded_itself(
 def _why_we_write(
     node: str,
     binding: matching.Binding | None,
+    *,
     writers: Sequence[str],
     settings: LabelSettings,
     verdict: str | None,

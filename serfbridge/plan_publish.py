@@ -79,18 +79,18 @@ class PublishPlan:
 
 
 def eligible_nodes(
-    nodes: Mapping[str, NodeInfo], members: Sequence[Member], settings: PublishSettings
+    nodes: Mapping[str, NodeInfo], members: Sequence[Member], *, settings: PublishSettings
 ) -> dict[str, Member]:
     """Ready Nodes whose matched member of this cluster is alive, with that member."""
-    matched = matching.match_members(members, nodes, settings)
+    matched = matching.match_members(members, nodes, settings=settings)
     return {n: m for n, m in sorted(matched.items()) if m.status == "alive" and nodes[n].ready}
 
 
 def wanted_ports(
     services: Mapping[str, ServiceInfo],
     slices: Mapping[str, SliceInfo],
-    pool: Mapping[str, Member],
     *,
+    pool: Mapping[str, Member],
     settings: PublishSettings,
 ) -> tuple[list[Want], list[LeftOut], list[str]]:
     """Every eligible Service port to place, what cannot be published at all, problems.
@@ -105,18 +105,18 @@ def wanted_ports(
         reason = maybe_skip_reason(svc, settings)
         if reason is None:
             wants += _service_wants(
-                svc, slices, pool, settings=settings, left=left, problems=problems
+                svc, slices, pool=pool, settings=settings, left=left, problems=problems
             )
         elif svc.type in ELIGIBLE_TYPES and reason == "no ports":
-            _maybe_report(left, svc, "", reason, list(pool), settings)
+            _maybe_report(left, svc, port="", reason=reason, pool=list(pool), settings=settings)
     return wants, left, problems
 
 
 def _service_wants(
     svc: ServiceInfo,
     slices: Mapping[str, SliceInfo],
-    pool: Mapping[str, Member],
     *,
+    pool: Mapping[str, Member],
     settings: PublishSettings,
     left: list[LeftOut],
     problems: list[str],
@@ -126,12 +126,15 @@ def _service_wants(
     if svc.external_traffic_policy == "Local":
         local = local_endpoint_nodes(svc, slices)
         nodes = [n for n in nodes if n in local]
-    replicas = max(1, int_annotation(svc, settings.key("replicas"), settings.replicas, problems))
-    priority = int_annotation(svc, settings.key("priority"), 0, problems)
+    replicas = max(
+        1,
+        int_annotation(svc, settings.key("replicas"), default=settings.replicas, problems=problems),
+    )
+    priority = int_annotation(svc, settings.key("priority"), default=0, problems=problems)
     wants: list[Want] = []
     seen: set[tuple[str, str]] = set()
     for port in svc.ports:
-        template = _template(svc, port, settings, left, list(pool))
+        template = _template(svc, port, settings=settings, left=left, pool=list(pool))
         if template is None or template.key in seen:  # e.g. one port over TCP and UDP
             continue
         seen.add(template.key)
@@ -144,7 +147,9 @@ def _service_wants(
                 priority=priority,
                 replicas=replicas,
                 pool=tuple(nodes),
-                entry_for=_entry_maker(template, pool, settings, fixed_ip=bool(template.ip)),
+                entry_for=_entry_maker(
+                    template, pool, settings=settings, fixed_ip=bool(template.ip)
+                ),
             )
         )
     return wants
@@ -153,6 +158,7 @@ def _service_wants(
 def _template(
     svc: ServiceInfo,
     port: ServicePort,
+    *,
     settings: PublishSettings,
     left: list[LeftOut],
     pool: list[str],
@@ -161,7 +167,9 @@ def _template(
     lb_ip = svc.load_balancer_ips[0] if svc.type == "LoadBalancer" and svc.load_balancer_ips else ""
     published = port.port if lb_ip else port.node_port
     if not published:
-        _maybe_report(left, svc, str(port.port), "no node port", pool, settings)
+        _maybe_report(
+            left, svc, port=str(port.port), reason="no node port", pool=pool, settings=settings
+        )
         return None
     description = svc.annotations.get(settings.key("description")) or (
         svc.name if len(svc.ports) == 1 else f"{svc.name}_{port.name or port.port}"
@@ -179,23 +187,25 @@ def _template(
             ),
         )
     except SerfBridgeError as exc:
-        _maybe_report(left, svc, str(port.port), f"invalid: {exc}", pool, settings)
+        _maybe_report(
+            left, svc, port=str(port.port), reason=f"invalid: {exc}", pool=pool, settings=settings
+        )
         return None
 
 
 def _entry_maker(
-    template: Entry, pool: Mapping[str, Member], settings: PublishSettings, *, fixed_ip: bool
+    template: Entry, pool: Mapping[str, Member], *, settings: PublishSettings, fixed_ip: bool
 ) -> Callable[[str], Entry]:
     def entry_for(node: str) -> Entry:
         # Node names and member addresses are safe values: no need to sanitize again.
         ip = template.ip if fixed_ip else pool[node].addr
-        return _entry_at(template, f"{node}.{settings.cloud_name}.local", ip)
+        return _entry_at(template, f"{node}.{settings.cloud_name}.local", ip=ip)
 
     return entry_for
 
 
 @functools.lru_cache(maxsize=8192)
-def _entry_at(template: Entry, host: str, ip: str) -> Entry:
+def _entry_at(template: Entry, host: str, *, ip: str) -> Entry:
     """``template`` as one node shows it, kept by value: placement tries each port on up
     to six nodes every pass, and equal entries let its fit memo recognise the lists."""
     return replace(template, host=host, ip=ip)
@@ -221,6 +231,7 @@ def _made_entry(
 def _maybe_report(
     left: list[LeftOut],
     svc: ServiceInfo,
+    *,
     port: str,
     reason: str,
     pool: list[str],
@@ -234,8 +245,8 @@ def _maybe_report(
 def node_rooms(
     pool: Mapping[str, Member],
     nodes: Mapping[str, NodeInfo],
-    settings: PublishSettings,
     *,
+    settings: PublishSettings,
     own: NodeRoom,
 ) -> dict[str, NodeRoom]:
     """Every eligible node's budget as the gossip shows it; our own from our agent."""
@@ -250,7 +261,7 @@ def node_rooms(
             rooms[name] = NodeRoom({}, (), writable=False)
             continue
         others = {k: v for k, v in member.tags.items() if k != cloudy.SERVICES_TAG}
-        base, _, _ = desired_base_tags(others, nodes.get(name), settings, node_name=name)
+        base, _, _ = desired_base_tags(others, nodes.get(name), settings=settings, node_name=name)
         rooms[name] = NodeRoom(base, tuple(foreign))
     return rooms
 
@@ -277,13 +288,13 @@ def plan_publish(
     base, owned_tags, tag_problems = desired_base_tags(
         {k: v for k, v in current_tags.items() if k != cloudy.SERVICES_TAG},
         nodes.get(settings.self_node),
-        settings,
+        settings=settings,
     )
-    pool = eligible_nodes(nodes, members, settings)
-    wants, left, ann_problems = wanted_ports(services, slices, pool, settings=settings)
+    pool = eligible_nodes(nodes, members, settings=settings)
+    wants, left, ann_problems = wanted_ports(services, slices, pool=pool, settings=settings)
     own = NodeRoom(base, tuple(foreign))
-    rooms = node_rooms(pool, nodes, settings, own=own)
-    assigned, short = placement.place(wants, rooms, settings.tag_limit)
+    rooms = node_rooms(pool, nodes, settings=settings, own=own)
+    assigned, short = placement.place(wants, rooms, limit=settings.tag_limit)
     ours = assigned.get(settings.self_node, [])
     if not allow_removal:  # a partial view: keep what we publish, after what we plan
         planned = {e.key for e in ours}
@@ -292,11 +303,13 @@ def plan_publish(
             for e in current_list
             if cloudy.is_owned_by(e, settings.cluster) and e.key not in planned
         ]
-    kept = placement.fit_in_order(own, ours, settings.tag_limit)
+    kept = placement.fit_in_order(own, ours, limit=settings.tag_limit)
     left += [_shortfall(s, settings.tag_limit) for s in short if s.reporter == settings.self_node]
     final = [*foreign, *kept]
-    services_change = _services_tag_change(current_tags, base, final, settings.tag_limit)
-    change = _combine(current_tags, base, services_change)
+    services_change = _services_tag_change(
+        current_tags, base, final=final, limit=settings.tag_limit
+    )
+    change = _combine(current_tags, base, services=services_change)
     after = merged_tags(current_tags, set_tags=change.set_tags, delete=change.delete)
     return PublishPlan(
         tuple(kept),
@@ -343,7 +356,7 @@ def _split_current(
 
 
 def _services_tag_change(
-    current: Mapping[str, str], base: Mapping[str, str], final: Sequence[Entry], limit: int
+    current: Mapping[str, str], base: Mapping[str, str], *, final: Sequence[Entry], limit: int
 ) -> TagChange:
     probe = {**base}
     if cloudy.SERVICES_TAG in current:
@@ -351,7 +364,9 @@ def _services_tag_change(
     return cloudy.plan_services_tag(probe, final, limit=limit)
 
 
-def _combine(current: Mapping[str, str], base: Mapping[str, str], services: TagChange) -> TagChange:
+def _combine(
+    current: Mapping[str, str], base: Mapping[str, str], *, services: TagChange
+) -> TagChange:
     set_tags = {k: v for k, v in base.items() if current.get(k) != v}
     set_tags.update(services.set_tags)
     delete = tuple(

@@ -21,6 +21,11 @@ ELIGIBLE_TYPES = ("NodePort", "LoadBalancer")
 
 def maybe_skip_reason(svc: ServiceInfo, settings: PlanSettings) -> str | None:
     """Why ``svc`` is not published at all, or None when it is eligible."""
+    return _maybe_out_of_scope(svc, settings) or _maybe_not_opted_in(svc, settings)
+
+
+def _maybe_out_of_scope(svc: ServiceInfo, settings: PlanSettings) -> str | None:
+    """Why the bridge's settings leave ``svc`` out, whatever it asks for."""
     if svc.type not in ELIGIBLE_TYPES:
         return f"type {svc.type} is never published"
     if settings.namespaces and svc.namespace not in settings.namespaces:
@@ -29,6 +34,11 @@ def maybe_skip_reason(svc: ServiceInfo, settings: PlanSettings) -> str | None:
         return "namespace excluded"
     if not selector_matches(svc.labels, settings.selector):
         return "label selector does not match"
+    return None
+
+
+def _maybe_not_opted_in(svc: ServiceInfo, settings: PlanSettings) -> str | None:
+    """Why ``svc`` itself (its annotation, its ports) keeps it unpublished."""
     opt = svc.annotations.get(settings.key("publish"), "").strip().lower()
     if opt not in ("", "true", "false"):
         return f"{settings.key('publish')} must be true or false, got {opt!r}"
@@ -39,7 +49,7 @@ def maybe_skip_reason(svc: ServiceInfo, settings: PlanSettings) -> str | None:
     return None
 
 
-def int_annotation(svc: ServiceInfo, key: str, default: int, problems: list[str]) -> int:
+def int_annotation(svc: ServiceInfo, key: str, *, default: int, problems: list[str]) -> int:
     """The Service's integer annotation ``key``, or ``default`` (and a problem) if not one."""
     raw = svc.annotations.get(key)
     if raw is None:

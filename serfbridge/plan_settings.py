@@ -40,7 +40,7 @@ class PlanSettings:
     tag_limit: int = defaults.TAG_LIMIT
 
     def __post_init__(self) -> None:
-        if len(self.prefix) > 253 or not _DNS_SUBDOMAIN.fullmatch(self.prefix):
+        if len(self.prefix) > defaults.DNS_NAME_MAX or not _DNS_SUBDOMAIN.fullmatch(self.prefix):
             raise ConfigError(f"--label-prefix must be a DNS subdomain, got {self.prefix!r}")
         try:
             re.compile(self.tag_allow)

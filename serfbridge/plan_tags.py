@@ -26,8 +26,8 @@ RESERVED_TAGS = (SERVICES_TAG, K8S_TAG)
 def desired_base_tags(
     current: Mapping[str, str],
     node: NodeInfo | None,
-    settings: PlanSettings,
     *,
+    settings: PlanSettings,
     node_name: str | None = None,
 ) -> tuple[dict[str, str], tuple[str, ...], list[str]]:
     """Current tags with ``k8s`` and the Node's ``P/set-tags`` applied (services untouched).

@@ -25,6 +25,8 @@ _UNSAFE = re.compile(
     "[\x00-\x1f\x7f-\x9f\u2028\u2029" + "".join(sorted(BIDI_CONTROLS)) + "\ud800-\udfff]"
 )
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_ESCAPED_BYTES = range(0xDC80, 0xDD00)  # surrogateescape's stand-ins for bytes 0x80-0xFF
+_ONE_BYTE = 0x100  # below it a code point prints as \xHH, above as \uHHHH
 
 
 def valid_text(text: str) -> str:
@@ -49,6 +51,6 @@ def _escape_named(match: re.Match[str]) -> str:
 
 def _escape_one(match: re.Match[str]) -> str:
     code = ord(match.group())
-    if 0xDC80 <= code <= 0xDCFF:  # surrogateescape: the original byte
+    if code in _ESCAPED_BYTES:  # surrogateescape: the original byte
         return f"\\x{code - 0xDC00:02x}"
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    return f"\\x{code:02x}" if code < _ONE_BYTE else f"\\u{code:04x}"

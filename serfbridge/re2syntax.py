@@ -19,12 +19,18 @@ Pure: no I/O. Must not: compile or run the pattern (it is never matched here).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from serfbridge.errors import GoRegexError, UsageError
 
 MAX_PATTERN = 1000
 _MAX_REPEAT = 1000  # Go: {n,m} bounds, and the product of nested counted repeats
+_SURROGATES = range(0xD800, 0xE000)  # Go cannot hold them in a string: invalid UTF-8
+_CHECKED_REPEAT = 2  # Go checks nested counts only when min or max reaches 2
+_MAX_COUNT_DIGITS = 8  # Go stops at 8 digits to avoid overflow: a longer count is out of range
+_MAX_RUNE = 0x10FFFF  # Go's unicode.MaxRune: the highest \x{...} escape
+_HEX_BYTE = 2  # \xHH: exactly two hex digits
 _OCTAL = "01234567"
 _HEX = "0123456789abcdefABCDEF"
 _PERL_CLASSES = frozenset({"\\d", "\\D", "\\s", "\\S", "\\w", "\\W"})
@@ -116,34 +122,38 @@ class _Parser:
         self.s = pattern
         self.n = len(pattern)
         self.stack: list[_Node] = []
+        self._by_char: dict[str, Callable[[int], int]] = {
+            "(": self._left_paren,
+            "|": lambda i: self._mark("|", i),
+            ")": self._right_paren,
+            "[": self._char_class,
+            "\\": self._escape_atom,
+        }
 
     def parse(self) -> None:
-        if any(0xD800 <= ord(c) <= 0xDFFF for c in self.s):
+        if any(ord(c) in _SURROGATES for c in self.s):
             raise _fail("invalid UTF-8", self.s)
         i, last_repeat = 0, -1  # where the previous token began, if it was a repeat
         while i < self.n:
             start, c = i, self.s[i]
-            if c == "(":
-                i = self._perl_group(i) if self.s.startswith("(?", i) else self._mark("(", i)
-            elif c == "|":
-                i = self._mark("|", i)
-            elif c == ")":
-                i = self._right_paren(i)
-            elif c == "[":
-                i = self._char_class(i)
-            elif c in "*+?":
-                i = self._repeat(None, i, i + 1, last_repeat)
-            elif c == "{" and (counted := self._parse_counts(i)) is not None:
-                low, high, end = counted
-                if low < 0 or low > _MAX_REPEAT or high > _MAX_REPEAT or 0 <= high < low:
-                    raise _fail("invalid repeat count", self.s[i:end])
-                i = self._repeat((low, high), i, end, last_repeat)
-            elif c == "\\":
-                i = self._escape_atom(i)
-            else:  # a literal, '{' that is no count, or one of ^ $ .
-                i = self._atom(i + 1)
+            i = self._token(i, last_repeat=last_repeat)
             last_repeat = start if c in "*+?" or (c == "{" and self.s[start:i] != "{") else -1
         self._collapse(self.n, at_end=True)
+
+    def _token(self, i: int, *, last_repeat: int) -> int:
+        """Parse the token at ``i``; returns where the next one begins."""
+        c = self.s[i]
+        step = self._by_char.get(c)
+        if step is not None:
+            return step(i)
+        if c in "*+?":
+            return self._repeat(None, i, end=i + 1, last_repeat=last_repeat)
+        if c == "{" and (counted := self._parse_counts(i)) is not None:
+            low, high, end = counted
+            if low < 0 or low > _MAX_REPEAT or high > _MAX_REPEAT or 0 <= high < low:
+                raise _fail("invalid repeat count", self.s[i:end])
+            return self._repeat((low, high), i, end=end, last_repeat=last_repeat)
+        return self._atom(i + 1)  # a literal, '{' that is no count, or one of ^ $ .
 
     # --- the stack --------------------------------------------------------------------
 
@@ -171,6 +181,9 @@ class _Parser:
         self.stack.pop()
         return _Node(subs=subs)
 
+    def _left_paren(self, i: int) -> int:
+        return self._perl_group(i) if self.s.startswith("(?", i) else self._mark("(", i)
+
     def _right_paren(self, i: int) -> int:
         group = self._collapse(i)
         assert group is not None
@@ -178,7 +191,7 @@ class _Parser:
         return i + 1
 
     def _repeat(
-        self, counted: tuple[int, int] | None, start: int, end: int, last_repeat: int
+        self, counted: tuple[int, int] | None, start: int, *, end: int, last_repeat: int
     ) -> int:
         if end < self.n and self.s[end] == "?":
             end += 1  # non-greedy
@@ -188,7 +201,7 @@ class _Parser:
             raise _fail("missing argument to repetition operator", self.s[start:end])
         node = _Node(subs=[self.stack.pop()], counted=counted)
         self.stack.append(node)
-        if counted is not None and max(counted) >= 2 and not _repeat_is_valid(node):
+        if counted is not None and max(counted) >= _CHECKED_REPEAT and not _repeat_is_valid(node):
             raise _fail("invalid repeat count", self.s[start:end])
         return end
 
@@ -196,7 +209,7 @@ class _Parser:
 
     def _perl_group(self, i: int) -> int:
         s = self.s
-        if self.n - i > 4 and s[i + 2] == "P" and s[i + 3] == "<":
+        if s.startswith("P<", i + 2) and self.n > i + len("(?P<"):
             end = s.find(">", i)
             if end < 0:
                 raise _fail("invalid named capture", s[i:])
@@ -252,7 +265,7 @@ class _Parser:
         digits = self.s[t:end]
         if not digits or (len(digits) > 1 and digits[0] == "0"):
             return None, t
-        return (int(digits) if len(digits) <= 8 else -1), end
+        return (int(digits) if len(digits) <= _MAX_COUNT_DIGITS else -1), end
 
     # --- escapes and classes ----------------------------------------------------------
 
@@ -280,7 +293,7 @@ class _Parser:
             raise _fail("trailing backslash at end of expression", "")
         c = s[t]
         t += 1
-        if ord(c) < 0x80 and not _is_alnum(c):
+        if c.isascii() and not _is_alnum(c):
             return ord(c), t
         if c in _OCTAL and (c == "0" or (t < self.n and s[t] in _OCTAL)):
             end = t
@@ -293,10 +306,12 @@ class _Parser:
             if s.startswith("{", t):
                 end = s.find("}", t)
                 digits = s[t + 1 : end] if end > 0 else ""
-                if digits and all(d in _HEX for d in digits) and int(digits, 16) <= 0x10FFFF:
+                if digits and all(d in _HEX for d in digits) and int(digits, 16) <= _MAX_RUNE:
                     return int(digits, 16), end + 1
-            elif len(s[t : t + 2]) == 2 and all(d in _HEX for d in s[t : t + 2]):
-                return int(s[t : t + 2], 16), t + 2
+            elif len(s[t : t + _HEX_BYTE]) == _HEX_BYTE and all(
+                d in _HEX for d in s[t : t + _HEX_BYTE]
+            ):
+                return int(s[t : t + _HEX_BYTE], 16), t + _HEX_BYTE
         raise _fail("invalid escape sequence", s[i:t])
 
     def _unicode_class(self, i: int) -> int:
@@ -319,7 +334,7 @@ class _Parser:
             t += 1
         while t >= self.n or s[t] != "]" or first:
             first = False
-            if self.n - t > 2 and s[t : t + 2] == "[:" and (end := s.find(":]", t + 2)) >= 0:
+            if s.startswith("[:", t) and (end := s.find(":]", t + 2)) >= 0:
                 if s[t : end + 2] not in _POSIX_CLASSES:
                     raise _fail("invalid character class range", s[t : end + 2])
                 t = end + 2
@@ -334,7 +349,7 @@ class _Parser:
     def _class_range(self, t: int, class_start: int) -> int:
         start = t
         low, t = self._class_char(t, class_start)
-        if self.n - t >= 2 and self.s[t] == "-" and self.s[t + 1] != "]":
+        if t + 1 < self.n and self.s[t] == "-" and self.s[t + 1] != "]":
             high, t = self._class_char(t + 1, class_start)
             if high < low:
                 raise _fail("invalid character class range", self.s[start:t])

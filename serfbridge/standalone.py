@@ -27,12 +27,12 @@ from serfbridge.rpc.client import SerfClient
 log = logging.getLogger("serfbridge")
 
 
-def handle_event(event: str, members: tuple[str, ...], settings: config.Settings) -> None:
+def handle_event(event: str, members: tuple[str, ...], *, settings: config.Settings) -> None:
     """Hand a member event (``SERF_EVENT``, the names on stdin) to a running daemon, else
     run one to-k8s pass here."""
     if event not in MEMBER_EVENTS:
         return  # user events and queries do not change labels
-    if handoff.hand_over(settings.handler_socket, event, members):
+    if handoff.hand_over(settings.handler_socket, event, members=members):
         return
     run_pass(event, settings)
 
@@ -48,8 +48,8 @@ def run_pass(event: str, settings: config.Settings) -> int:
             _plan, writes = bridge.label_pass(
                 bridge.read_serf(serf),
                 bridge.KubeView(nodes=nodes),
-                client,
-                settings,
+                kube=client,
+                settings=settings,
                 hold=FailureHold.one_shot(time.monotonic()),
             )
         log.info("handled %s standalone: %d patch(es)", event, writes)

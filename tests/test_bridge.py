@@ -113,7 +113,7 @@ def one_shot() -> FailureHold:
 def test_label_pass_sends_exactly_the_plans_patches() -> None:
     kube = FakeKubeWriter()
     plan, writes = bridge.label_pass(
-        serf_view(), bridge.KubeView(FRESH_K1), kube, settings(), hold=one_shot()
+        serf_view(), bridge.KubeView(FRESH_K1), kube=kube, settings=settings(), hold=one_shot()
     )
     assert plan.patches, "the scenario must plan something"
     assert kube.patches == [(p.node, dict(p.labels), dict(p.annotations)) for p in plan.patches]
@@ -131,7 +131,12 @@ def test_label_pass_sends_exactly_the_plans_patches() -> None:
 def test_label_pass_writes_nothing(view, dry_run, writer) -> None:
     kube = FakeKubeWriter()
     plan, writes = bridge.label_pass(
-        serf_view(), view, kube if writer else None, settings(), hold=one_shot(), dry_run=dry_run
+        serf_view(),
+        view,
+        kube=kube if writer else None,
+        settings=settings(),
+        hold=one_shot(),
+        dry_run=dry_run,
     )
     assert (writes, kube.writes) == (0, 0)
     assert bool(plan.patches) == view.synced  # a dry run still shows the plan
@@ -151,12 +156,16 @@ def test_a_recent_failure_is_held_until_it_settles() -> None:
     writer = rendezvous.rank("k3", ["k1", "k2"])[0]
     held = FailureHold(5.0, NOW, {"serf-k3": NOW - 1})
     plan, _ = bridge.label_pass(
-        view, bridge.KubeView(RECORDED), FakeKubeWriter(), settings(writer), hold=held
+        view, bridge.KubeView(RECORDED), kube=FakeKubeWriter(), settings=settings(writer), hold=held
     )
     assert all(p.node != "k3" for p in plan.patches)
     settled = FailureHold(5.0, NOW, {"serf-k3": NOW - 6})
     plan, _ = bridge.label_pass(
-        view, bridge.KubeView(RECORDED), FakeKubeWriter(), settings(writer), hold=settled
+        view,
+        bridge.KubeView(RECORDED),
+        kube=FakeKubeWriter(),
+        settings=settings(writer),
+        hold=settled,
     )
     assert any(p.node == "k3" for p in plan.patches)
 
@@ -190,11 +199,18 @@ def set_tags_node(**tags: str) -> NodeInfo:
 def test_owned_tags_are_in_the_plan_and_applied_once() -> None:
     view = bridge.KubeView({**RECORDED, "k1": set_tags_node(role="web")})
     shown, _ = bridge.publish_pass(
-        FakeTagsSink(), serf_view(), view, FakeKubeWriter(), settings(), dry_run=True
+        FakeTagsSink(),
+        serf_view(),
+        kube_view=view,
+        kube=FakeKubeWriter(),
+        settings=settings(),
+        dry_run=True,
     )
     assert shown.owned == NodePatch("k1", {}, {OWNED: "role"}, "owned tags")
     kube, sink = FakeKubeWriter(), FakeTagsSink()
-    applied, writes = bridge.publish_pass(sink, serf_view(), view, kube, settings())
+    applied, writes = bridge.publish_pass(
+        sink, serf_view(), kube_view=view, kube=kube, settings=settings()
+    )
     assert applied.owned == shown.owned
     assert kube.patches == [("k1", {}, {OWNED: "role"})]
     assert writes == len(sink.calls) == 1
@@ -215,7 +231,9 @@ def test_owned_tags_are_in_the_plan_and_applied_once() -> None:
 def test_owned_tags_not_written(node_, synced) -> None:
     kube = FakeKubeWriter()
     view = bridge.KubeView({**RECORDED, "k1": node_}, synced=synced)
-    applied, _ = bridge.publish_pass(FakeTagsSink(), serf_view(), view, kube, settings())
+    applied, _ = bridge.publish_pass(
+        FakeTagsSink(), serf_view(), kube_view=view, kube=kube, settings=settings()
+    )
     assert applied.owned is None
     assert kube.patches == []
 
@@ -224,7 +242,13 @@ def test_publish_dry_run_writes_nothing() -> None:
     kube, sink = FakeKubeWriter(), FakeTagsSink()
     view = bridge.KubeView({**RECORDED, "k1": set_tags_node(role="web")})
     planned, writes = bridge.publish_pass(
-        sink, serf_view(), view, kube, settings(), dry_run=True, reported=frozenset()
+        sink,
+        serf_view(),
+        kube_view=view,
+        kube=kube,
+        settings=settings(),
+        dry_run=True,
+        reported=frozenset(),
     )
     assert not planned.change.noop and planned.owned is not None  # there was work to show
     assert (writes, kube.writes, sink.calls) == (0, 0, [])
@@ -233,9 +257,13 @@ def test_publish_dry_run_writes_nothing() -> None:
 def test_nothing_changed_is_no_tags_call() -> None:
     view = bridge.KubeView({**RECORDED, "k1": set_tags_node(role="web")})
     first, sink = FakeTagsSink(), FakeTagsSink()
-    planned, _ = bridge.publish_pass(first, serf_view(), view, None, settings(), dry_run=True)
+    planned, _ = bridge.publish_pass(
+        first, serf_view(), kube_view=view, kube=None, settings=settings(), dry_run=True
+    )
     steady = bridge.SerfView(serf_view().members, "serf-k1", dict(planned.plan.tags))
-    again, writes = bridge.publish_pass(sink, steady, view, None, settings())
+    again, writes = bridge.publish_pass(
+        sink, steady, kube_view=view, kube=None, settings=settings()
+    )
     assert again.change.noop and (writes, sink.calls) == (0, [])
 
 
@@ -274,7 +302,12 @@ def test_publish_pass_event_state(reported, synced, expected_sent) -> None:
     kube = FakeKubeWriter()
     view = bridge.KubeView(RECORDED, services={"default/a": service("a")}, synced=synced)
     applied, _ = bridge.publish_pass(
-        FakeTagsSink(), serf_view(), view, kube, settings(), reported=reported
+        FakeTagsSink(),
+        serf_view(),
+        kube_view=view,
+        kube=kube,
+        settings=settings(),
+        reported=reported,
     )
     assert applied.events.events == () and kube.events == []
     assert applied.events.sent == expected_sent
@@ -286,18 +319,29 @@ def test_publish_pass_reports_left_out_once_and_retries_a_failed_post() -> None:
     tight = Settings(node_name="k1", cluster="lab", label_prefix=P, tag_limit=120)
     view = bridge.KubeView(RECORDED, services={f"default/s{i}": service(f"s{i}") for i in range(6)})
     shown, _ = bridge.publish_pass(
-        FakeTagsSink(), serf_view(), view, None, tight, dry_run=True, reported=frozenset()
+        FakeTagsSink(),
+        serf_view(),
+        kube_view=view,
+        kube=None,
+        settings=tight,
+        dry_run=True,
+        reported=frozenset(),
     )
     names = [e.service.name for e in shown.events.events]
     assert len(names) >= 2 and shown.events_created == len(names)
     kube = FakeKubeWriter(failing={names[0]})
     first, _ = bridge.publish_pass(
-        FakeTagsSink(), serf_view(), view, kube, tight, reported=frozenset()
+        FakeTagsSink(), serf_view(), kube_view=view, kube=kube, settings=tight, reported=frozenset()
     )
     assert [n for n, _ in kube.events] == names[1:] and first.events_created == len(names) - 1
     kube.failing.clear()
     second, _ = bridge.publish_pass(
-        FakeTagsSink(), serf_view(), view, kube, tight, reported=first.events.sent
+        FakeTagsSink(),
+        serf_view(),
+        kube_view=view,
+        kube=kube,
+        settings=tight,
+        reported=first.events.sent,
     )
     assert [n for n, _ in kube.events] == [*names[1:], names[0]]
     assert second.events_created == 1 and second.events.sent == shown.events.sent

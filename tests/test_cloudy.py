@@ -433,9 +433,9 @@ def test_upsert_same_entry_gives_same_tag_value():
 
 
 def test_remove():
-    assert remove([A, B, C], "kubernetes", 30080) == [A, C]
-    assert remove([A, B, C], "kubernetes", "30081") == [A, B, C]
-    assert remove([TEST_140], "TEST", "TEST") == []
+    assert remove([A, B, C], "kubernetes", port=30080) == [A, C]
+    assert remove([A, B, C], "kubernetes", port="30081") == [A, B, C]
+    assert remove([TEST_140], "TEST", port="TEST") == []
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,9 @@ def clean_env(monkeypatch):
 
 def settings_of_the_cli(env: dict[str, str], monkeypatch) -> config.Settings:
     seen: list[config.Settings] = []
-    monkeypatch.setattr(standalone, "handle_event", lambda event, members, s: seen.append(s))
+    monkeypatch.setattr(
+        standalone, "handle_event", lambda event, members, *, settings: seen.append(settings)
+    )
     result = CliRunner().invoke(cli, ["handle"], env=env, input=b"", catch_exceptions=False)
     assert result.exit_code == 0, result.output
     [settings] = seen

@@ -119,7 +119,7 @@ class Served:
         """Seconds one proper hand-over took; fails the test if it did not work."""
         before = len(self.events)
         start = time.monotonic()
-        assert handoff.hand_over(self.path, "member-join", ("n2",), timeout=1.0)
+        assert handoff.hand_over(self.path, "member-join", members=("n2",), timeout=1.0)
         took = time.monotonic() - start
         deadline = time.monotonic() + 1
         while len(self.events) == before and time.monotonic() < deadline:
@@ -299,7 +299,7 @@ def test_a_trusted_agent_user_hands_over() -> None:
         try:
             code = (
                 "from serfbridge import handoff\n"
-                f"print(handoff.hand_over({s.path!r}, 'member-failed', ('n3',)))"
+                f"print(handoff.hand_over({s.path!r}, 'member-failed', members=('n3',)))"
             )
             assert localusers.run_as("nobody", code).stdout.strip() == "True"
             assert [(e.event, e.members) for e in s.events] == [("member-failed", ("n3",))]

@@ -104,7 +104,7 @@ def test_the_handler_socket_survives_garbage_slow_clients_and_forged_lines(world
             times = []
             for _ in range(8):
                 start = time.monotonic()
-                assert handoff.hand_over(b.socket, "member-update", ("serf-k1",))
+                assert handoff.hand_over(b.socket, "member-update", members=("serf-k1",))
                 times.append(time.monotonic() - start)
                 time.sleep(0.3)
             print(f"\nhand-overs next to a dripping client: max {max(times) * 1000:.1f} ms")
@@ -120,7 +120,7 @@ def test_the_handler_socket_survives_garbage_slow_clients_and_forged_lines(world
         assert took < 5.0, took  # a python start on a loaded host; a fallback pass takes longer
 
         forged = "serf-k9\n2026-12-02 13:00:00,000 INFO serfbridge.daemon: forged"
-        assert handoff.hand_over(b.socket, "member-join", (forged,))
+        assert handoff.hand_over(b.socket, "member-join", members=(forged,))
         w.wait_for(lambda: "serf-k9\\x0a2026" in b.log_text(), 10, "the escaped name")
         lines = b.log_text().splitlines()
         assert not [line for line in lines if line.startswith("2026-12-02 13:00:00,000 INFO")]
@@ -150,7 +150,7 @@ def test_the_handler_socket_takes_only_the_agents_user(world) -> None:
         )
         code = (
             "from serfbridge import handoff\n"
-            f"print(handoff.hand_over({b.socket!r}, 'member-join', ()))"
+            f"print(handoff.hand_over({b.socket!r}, 'member-join', members=()))"
         )
         assert localusers.run_as("daemon", code).stdout.strip() == "True"
         _, metrics = b.get("/metrics")
@@ -197,7 +197,7 @@ def test_http_survives_1028_half_open_requests_from_nobody_under_1024_fds(world)
                 latencies.append(time.monotonic() - start)
                 assert (code, body) == (200, "ok\n")
                 start = time.monotonic()
-                assert handoff.hand_over(b.socket, "member-update", ())
+                assert handoff.hand_over(b.socket, "member-update", members=())
                 handovers.append(time.monotonic() - start)
                 time.sleep(0.3)
             cpu = (cpu_seconds(pid) - cpu_before) / (time.monotonic() - wall_before)

@@ -55,7 +55,7 @@ def test_the_table_is_read_as_the_kernel_writes_it() -> None:
     ],
 )
 def test_the_owner_of_the_server_end(server, client, uid) -> None:
-    assert localpeers.maybe_server_uid(server, client, [TABLE, TABLE6]) == uid
+    assert localpeers.maybe_server_uid(server, client, tables=[TABLE, TABLE6]) == uid
 
 
 @given(st.text())

@@ -183,7 +183,7 @@ def test_impostor_is_counted_and_noted_and_its_tags_never_land() -> None:
     members[3] = members[3]._replace(status="failed")
     nodes = own_nodes("k1", "k2", "k3")
     writer = rendezvous.rank("k3", ["k1", "k2"])[0]
-    plan = plan_labels(members, nodes, cfg(writer))
+    plan = plan_labels(members, nodes, settings=cfg(writer))
     [patch] = [p for p in plan.patches if p.node == "k3"]
     assert patch.labels == {f"{P}/serf-status": "failed"}
     assert "evil" not in str(patch.annotations)
@@ -196,7 +196,7 @@ def test_node_without_a_bridge_is_written_alive_by_one_bridge_which_records_itse
     members = [m("serf-k1", k8s="lab/k1"), m("serf-k2", k8s="lab/k2"), m(NEW, addr="10.0.0.3")]
     writers = []
     for bridge in ("k1", "k2"):
-        for patch in plan_labels(members, nodes, cfg(bridge)).patches:
+        for patch in plan_labels(members, nodes, settings=cfg(bridge)).patches:
             if patch.node == "k3":
                 writers.append(bridge)
                 assert patch.labels[f"{P}/serf-status"] == "alive"
@@ -218,7 +218,9 @@ def test_a_restarted_agent_keeps_the_nodes_own_record() -> None:
         m(NEW, addr="10.1.0.3", port=5000),
     ]
     writer = rendezvous.rank("k3", ["k1", "k2"])[0]
-    [patch] = [p for p in plan_labels(members, nodes, cfg(writer)).patches if p.node == "k3"]
+    [patch] = [
+        p for p in plan_labels(members, nodes, settings=cfg(writer)).patches if p.node == "k3"
+    ]
     assert patch.annotations[f"{P}/serf-member"] == NEW
     assert f"{P}/serf-recorded-by" not in patch.annotations  # still "k3": unchanged
 
@@ -231,5 +233,5 @@ def test_a_bridge_that_has_not_recorded_itself_writes_for_no_one() -> None:
         m("serf-k2"),
         m("serf-k3", "failed", addr="10.0.0.3"),
     ]
-    assert [p.node for p in plan_labels(members, nodes, cfg("k1")).patches] == ["k1"]
-    assert [p.node for p in plan_labels(members, nodes, cfg("k2")).patches] == ["k2", "k3"]
+    assert [p.node for p in plan_labels(members, nodes, settings=cfg("k1")).patches] == ["k1"]
+    assert [p.node for p in plan_labels(members, nodes, settings=cfg("k2")).patches] == ["k2", "k3"]

@@ -78,7 +78,7 @@ def placed(assigned: Mapping[str, list[Entry]]) -> dict[str, list[str]]:
 def run(
     wants: list[Want], node_rooms: Mapping[str, NodeRoom], limit: int
 ) -> tuple[dict[str, list[Entry]], list[Shortfall]]:
-    return placement.place(wants, node_rooms, limit, memo=FitMemo())
+    return placement.place(wants, node_rooms, limit=limit, memo=FitMemo())
 
 
 # --- where a port goes ---------------------------------------------------------------------
@@ -166,20 +166,20 @@ def test_a_port_tries_at_most_extra_trials_nodes_beyond_its_replicas() -> None:
 )
 def test_fits(room: NodeRoom, count: int, limit: int, fits: bool) -> None:
     ours = [entry(f"s{i}", "n1") for i in range(count)]
-    assert placement.fits(room, ours, limit) is fits
+    assert placement.fits(room, ours, limit=limit) is fits
 
 
 def test_foreign_entries_count_against_the_budget() -> None:
     cloudy_own = (cloudy.make_entry(description="s0", type="serf", port=5000),)
     ours = [entry("s1", "n1")]
-    assert placement.fits(NodeRoom(BASE, ()), ours, limit_for(1))
-    assert not placement.fits(NodeRoom(BASE, cloudy_own), ours, limit_for(1))
+    assert placement.fits(NodeRoom(BASE, ()), ours, limit=limit_for(1))
+    assert not placement.fits(NodeRoom(BASE, cloudy_own), ours, limit=limit_for(1))
 
 
 def test_fit_in_order_skips_what_does_not_fit_and_keeps_going() -> None:
     big = entry("big", "n1", description="b" * 300)
     small = [entry(f"s{i}", "n1") for i in range(3)]
     kept = placement.fit_in_order(
-        NodeRoom(BASE, ()), [small[0], big, small[1], small[2]], limit_for(2), memo=FitMemo()
+        NodeRoom(BASE, ()), [small[0], big, small[1], small[2]], limit=limit_for(2), memo=FitMemo()
     )
     assert kept == small[:2]

@@ -174,14 +174,14 @@ def test_incremental_placement_equals_the_memo_free_rule(wants, rooms, limit, ch
     memo = FitMemo(max_steps=max_steps)  # tiny caps also exercise the start-again path
     for change in [("none",), *changes]:
         wants, rooms, limit = apply_change(change, wants, rooms, limit)
-        incremental = placement.place(wants, rooms, limit, memo=memo)
+        incremental = placement.place(wants, rooms, limit=limit, memo=memo)
         assert outcome(incremental) == outcome(reference_place(wants, rooms, limit))
         assert memo.steps <= max(max_steps, 1)
         for node, room in rooms.items():  # plan_publish's last check, over a reordered list
             ours = list(reversed(incremental[0][node])) + (
                 [wants[0].entry_for(node)] if wants else []
             )
-            got = placement.fit_in_order(room, ours, limit, memo=memo)
+            got = placement.fit_in_order(room, ours, limit=limit, memo=memo)
             assert [(e, e.raw) for e in got] == [
                 (e, e.raw) for e in reference_fit_in_order(room, ours, limit)
             ]

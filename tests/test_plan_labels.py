@@ -72,26 +72,26 @@ def cfg(self_node: str = "k1", **kw) -> LabelSettings:
     ],
 )
 def test_matching_order(m: Member, expected: str | None) -> None:
-    matched = match_members([m], NODES, cfg())
+    matched = match_members([m], NODES, settings=cfg())
     assert ({n for n, mm in matched.items() if mm is m} or {None}) == {expected}
 
 
 def test_alive_member_wins_over_a_failed_one_for_the_same_node() -> None:
     old = member("old", "failed", addr="10.0.0.2", k8s="lab/k2")
     new = member("new", "alive", addr="10.0.0.2", k8s="lab/k2")
-    assert match_members([old, new], NODES, cfg())["k2"] is new
+    assert match_members([old, new], NODES, settings=cfg())["k2"] is new
 
 
 def test_own_agent_is_authoritative_against_an_impostor() -> None:
     impostor = member("aaa", "alive", k8s="lab/k1", role="evil")
     mine = member("serf-k1", "alive")
-    assert match_members([impostor, mine], NODES, cfg())["k1"] is mine
+    assert match_members([impostor, mine], NODES, settings=cfg())["k1"] is mine
 
 
 def test_own_node_labels_and_annotations() -> None:
     members = cluster_members()
     members[0] = member("serf-k1", k8s="lab/k1", role="web", services="QlpoOTFB")
-    plan = plan_labels(members, {**NODES, "k1": node("k1")}, cfg())  # k1 not recorded yet
+    plan = plan_labels(members, {**NODES, "k1": node("k1")}, settings=cfg())  # k1 not recorded yet
     [patch] = plan.patches
     assert patch.node == "k1" and patch.reason == "own node"
     assert patch.labels == {f"{P}/serf-status": "alive", f"{P}/tag.role": "web"}
@@ -105,7 +105,7 @@ def test_own_node_labels_and_annotations() -> None:
 
 def test_no_other_bridge_writes_an_alive_node() -> None:
     for bridge in NODES:
-        patches = plan_labels(cluster_members(), NODES, cfg(bridge)).patches
+        patches = plan_labels(cluster_members(), NODES, settings=cfg(bridge)).patches
         assert [p.node for p in patches] == [bridge]
 
 
@@ -114,10 +114,10 @@ def test_failed_node_is_written_by_exactly_one_bridge() -> None:
     writers = [
         s
         for s in ("k1", "k2")
-        if any(p.node == "k3" for p in plan_labels(members, NODES, cfg(s)).patches)
+        if any(p.node == "k3" for p in plan_labels(members, NODES, settings=cfg(s)).patches)
     ]
     assert writers == rendezvous.rank("k3", ["k1", "k2"])[:1]
-    plan = plan_labels(members, NODES, cfg(writers[0]))
+    plan = plan_labels(members, NODES, settings=cfg(writers[0]))
     patch = next(p for p in plan.patches if p.node == "k3")
     assert patch.labels[f"{P}/serf-status"] == "failed"
     assert "ranks first" in patch.reason
@@ -127,7 +127,7 @@ def test_partition_guard_blocks_every_label_in_a_minority_own_node_included() ->
     # Issue 14: the isolated node still reaches its API, but its own "alive" must not
     # fight the majority's verdict. (Before, k1 wrote its own Node here.)
     members = cluster_members(k2="failed", k3="failed")
-    plan = plan_labels(members, NODES, cfg("k1"))
+    plan = plan_labels(members, NODES, settings=cfg("k1"))
     assert plan.patches == ()
     assert plan.notes and "partition guard: 1/3 Nodes alive" in plan.notes[0]
 
@@ -161,7 +161,7 @@ def seen(**status: str) -> list[Member]:
 
 def writes(bridge: str, view: list[Member], api: dict[str, NodeInfo]) -> dict[str, str | None]:
     """Node -> the serf-status this bridge writes (None: other keys only)."""
-    plan = plan_labels(view, api, cfg(bridge))
+    plan = plan_labels(view, api, settings=cfg(bridge))
     return {p.node: p.labels.get(f"{P}/serf-status") for p in plan.patches}
 
 
@@ -244,7 +244,7 @@ def test_heal_is_written_by_one_bridge_only() -> None:
 def test_alone_the_own_bridge_clears_its_own_verdict() -> None:
     # No other bridge recorded itself (a one-bridge cluster): nobody else could clear it.
     api = {"k1": labelled({"k1": "left"})["k1"]}
-    plan = plan_labels([member("serf-k1", k8s="lab/k1")], api, cfg("k1"))
+    plan = plan_labels([member("serf-k1", k8s="lab/k1")], api, settings=cfg("k1"))
     assert [(p.node, p.reason, p.labels) for p in plan.patches] == [
         ("k1", "own node", {f"{P}/serf-status": "alive"})
     ]
@@ -253,7 +253,7 @@ def test_alone_the_own_bridge_clears_its_own_verdict() -> None:
 def test_a_member_that_left_is_no_sign_of_a_partition() -> None:
     # 2 alive of 3 present (k4 said goodbye): still a majority, the failure is labelled.
     first = rendezvous.rank("k3", ["k1", "k2"])[0]
-    plan = plan_labels(seen(k3="failed", k4="left"), labelled({}), cfg(first))
+    plan = plan_labels(seen(k3="failed", k4="left"), labelled({}), settings=cfg(first))
     assert not any("partition guard" in n for n in plan.notes)
     assert {p.node: p.labels.get(f"{P}/serf-status") for p in plan.patches}["k3"] == "failed"
 
@@ -272,7 +272,7 @@ def test_labels_set_by_others_are_never_touched_and_only_owned_keys_removed() ->
         annotations={f"{P}/owned-labels": owned, "note": "hand"},
     )
     nodes = {**NODES, "k1": k1}
-    [patch] = plan_labels([member("serf-k1")], nodes, cfg()).patches
+    [patch] = plan_labels([member("serf-k1")], nodes, settings=cfg()).patches
     assert patch.labels == {f"{P}/tag.gone": None}  # hostname is not ours to remove
     assert set(patch.annotations) == {
         f"{P}/serf-member",
@@ -285,13 +285,13 @@ def test_labels_set_by_others_are_never_touched_and_only_owned_keys_removed() ->
 
 def test_unchanged_node_gives_no_patch() -> None:
     members = cluster_members()
-    [patch] = plan_labels(members, {**NODES, "k1": node("k1")}, cfg()).patches
+    [patch] = plan_labels(members, {**NODES, "k1": node("k1")}, settings=cfg()).patches
     synced = node(
         "k1",
         labels={k: v for k, v in patch.labels.items() if v is not None},
         annotations={k: v for k, v in patch.annotations.items() if v is not None},
     )
-    assert plan_labels(members, {**NODES, "k1": synced}, cfg()).patches == ()
+    assert plan_labels(members, {**NODES, "k1": synced}, settings=cfg()).patches == ()
 
 
 def test_vanished_member_gets_its_owned_keys_removed_by_one_bridge() -> None:
@@ -302,7 +302,9 @@ def test_vanished_member_gets_its_owned_keys_removed_by_one_bridge() -> None:
     }
     members = cluster_members()[:2]
     writer = rendezvous.rank("k3", ["k1", "k2"])[0]
-    patch = next(p for p in plan_labels(members, nodes, cfg(writer)).patches if p.node == "k3")
+    patch = next(
+        p for p in plan_labels(members, nodes, settings=cfg(writer)).patches if p.node == "k3"
+    )
     assert patch.labels == {f"{P}/serf-status": None}
     assert patch.annotations == {f"{P}/owned-labels": None, f"{P}/serf-member": None}
 
@@ -328,7 +330,9 @@ HOSTILE = [
 @pytest.mark.parametrize(("key", "value"), HOSTILE)
 def test_hostile_tags_are_skipped_and_counted(key: str, value: str) -> None:
     skipped: Counter[str] = Counter()
-    labels, annotations = desired_metadata(member("serf-k1", **{key: value}), cfg(), skipped)
+    labels, annotations = desired_metadata(
+        member("serf-k1", **{key: value}), cfg(), skipped=skipped
+    )
     assert list(labels) == [f"{P}/serf-status"]
     assert sum(skipped.values()) == 1
     json.loads(annotations[f"{P}/serf-tags"])  # still recorded, as valid JSON
@@ -337,7 +341,7 @@ def test_hostile_tags_are_skipped_and_counted(key: str, value: str) -> None:
 def test_sixty_tags_on_one_member() -> None:
     tags = {f"t{i}": f"v{i}" for i in range(60)}
     skipped: Counter[str] = Counter()
-    labels, _ = desired_metadata(member("serf-k1", **tags), cfg(), skipped)
+    labels, _ = desired_metadata(member("serf-k1", **tags), cfg(), skipped=skipped)
     assert len(labels) == 61 and not skipped
 
 
@@ -352,7 +356,7 @@ def test_any_gossip_gives_only_valid_labels_inside_the_prefix(tags, name, status
     plan = plan_labels(
         [hostile],
         {"k1": node("k1")},
-        LabelSettings(self_node="k1", cluster="lab", self_member=name),
+        settings=LabelSettings(self_node="k1", cluster="lab", self_member=name),
     )
     for patch in plan.patches:
         for key, value in patch.labels.items():
@@ -368,19 +372,19 @@ def test_a_member_recorded_on_its_node_is_recognised_by_other_bridges() -> None:
     own_record = {f"{P}/serf-member": "cloudy-abc", f"{P}/serf-recorded-by": "k2"}
     nodes = {**NODES, "k2": node("k2", annotations=own_record)}
     stranger = member("cloudy-abc")  # no k8s tag, unmatched address and name
-    assert match_members([stranger], nodes, cfg())["k2"] is stranger
+    assert match_members([stranger], nodes, settings=cfg())["k2"] is stranger
     other_cluster = member("cloudy-abc", k8s="other/k2")
-    assert match_members([other_cluster], nodes, cfg()) == {}
+    assert match_members([other_cluster], nodes, settings=cfg()) == {}
 
 
 def test_a_recent_failure_is_held_back_until_it_settles() -> None:
     members = cluster_members(k3="failed")
     writer = rendezvous.rank("k3", ["k1", "k2"])[0]
     hold = FailureHold(5.0, now=100.0, first_seen={"serf-k3": 98.0})  # failed 2 s ago
-    held = plan_labels(members, NODES, cfg(writer), hold=hold)
+    held = plan_labels(members, NODES, settings=cfg(writer), hold=hold)
     assert all(p.node != "k3" for p in held.patches)
     assert any("failed recently" in note for note in held.notes)
-    settled = plan_labels(members, NODES, cfg(writer))
+    settled = plan_labels(members, NODES, settings=cfg(writer))
     assert any(p.node == "k3" for p in settled.patches)
 
 
@@ -405,7 +409,10 @@ def test_the_failure_hold_is_data_in_and_out(
     members = cluster_members(k3="failed")
     writer = rendezvous.rank("k3", ["k1", "k2"])[0]
     plan = plan_labels(
-        members, NODES, cfg(writer), hold=FailureHold(5.0, now=100.0, first_seen=first_seen)
+        members,
+        NODES,
+        settings=cfg(writer),
+        hold=FailureHold(5.0, now=100.0, first_seen=first_seen),
     )
     assert any(p.node == "k3" for p in plan.patches) is not held
     assert plan.recheck_at == recheck_at
@@ -416,6 +423,6 @@ def test_the_failure_hold_is_data_in_and_out(
 def test_a_one_shot_caller_holds_nothing_back() -> None:
     members = cluster_members(k3="failed")
     writer = rendezvous.rank("k3", ["k1", "k2"])[0]
-    plan = plan_labels(members, NODES, cfg(writer), hold=FailureHold.one_shot(now=100.0))
+    plan = plan_labels(members, NODES, settings=cfg(writer), hold=FailureHold.one_shot(now=100.0))
     assert any(p.node == "k3" for p in plan.patches)
     assert plan.recheck_at is None

@@ -191,6 +191,7 @@ def cli(
     ctx: click.Context,
     /,
     rpc_auth: str | None,
+    *,
     rpc_auth_file: str | None,
     config_path: str,
     verbose: int,

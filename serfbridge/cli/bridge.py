@@ -207,7 +207,7 @@ def run(ctx: click.Context, /, **_: object) -> None:
     help="Seconds to wait for the Kubernetes list.",
 )
 @click.pass_context
-def sync(ctx: click.Context, /, once: bool, dry_run: bool, timeout: float, **_: object) -> None:
+def sync(ctx: click.Context, /, once: bool, *, dry_run: bool, timeout: float, **_: object) -> None:
     """One reconcile pass in each enabled direction; --dry-run prints the plan.
 
     Env: SERF_RPC_ADDR, SERF_RPC_AUTH, KUBECONFIG, SERFBRIDGE_CLUSTER, SERFBRIDGE_NODE_NAME
@@ -227,24 +227,30 @@ def sync(ctx: click.Context, /, once: bool, dry_run: bool, timeout: float, **_: 
                 plan, writes = bridge.label_pass(
                     serf_view,
                     view,
-                    client,
-                    s,
+                    kube=client,
+                    settings=s,
                     dry_run=dry_run,
                     cache=cache,
                     hold=FailureHold.one_shot(time.monotonic()),
                 )
-                _print_label_plan(plan, dry_run, writes)
+                _print_label_plan(plan, dry_run, writes=writes)
             if s.to_serf:
                 pplan, writes = bridge.publish_pass(
-                    serf, serf_view, view, client, s, dry_run=dry_run, cache=cache
+                    serf,
+                    serf_view,
+                    kube_view=view,
+                    kube=client,
+                    settings=s,
+                    dry_run=dry_run,
+                    cache=cache,
                 )
-                _print_publish_plan(pplan, dry_run, writes, s)
+                _print_publish_plan(pplan, dry_run, writes=writes, s=s)
     finally:
         cache.stop(timeout=2)
         client.close()
 
 
-def _print_label_plan(plan: LabelPlan, dry_run: bool, writes: int) -> None:
+def _print_label_plan(plan: LabelPlan, dry_run: bool, *, writes: int) -> None:
     verb = "would patch" if dry_run else "patched"
     for patch in plan.patches:
         click.echo(f"to-k8s: {verb} node {patch.node} ({patch.reason})")
@@ -261,7 +267,9 @@ def _print_label_plan(plan: LabelPlan, dry_run: bool, writes: int) -> None:
         click.echo(f"to-k8s: {writes} PATCH request(s) sent")
 
 
-def _print_publish_plan(plan: PublishPass, dry_run: bool, writes: int, s: config.Settings) -> None:
+def _print_publish_plan(
+    plan: PublishPass, dry_run: bool, *, writes: int, s: config.Settings
+) -> None:
     for entry in plan.entries:
         click.echo(
             f"to-serf: publishes {entry.type} {entry.port} {entry.description} ({entry.txt})"
@@ -321,4 +329,4 @@ def handle(ctx: click.Context, /, **_: object) -> None:
     tty = sys.stdin is None or sys.stdin.isatty()
     stdin = b"" if tty else sys.stdin.buffer.read(handler.MAX_STDIN)
     event = handler.parse_event(os.environ, stdin)
-    standalone.handle_event(event.name, event.members, _settings(ctx))
+    standalone.handle_event(event.name, event.members, settings=_settings(ctx))

@@ -63,7 +63,7 @@ def _valid_json(value: object) -> object:
 )
 @click.pass_context
 def members(
-    ctx: click.Context, status: str, name: str, tag_filters: tuple[str, ...], as_json: bool
+    ctx: click.Context, status: str, *, name: str, tag_filters: tuple[str, ...], as_json: bool
 ) -> None:
     """List the members of the gossip cluster, like `serf members`.
 
@@ -129,7 +129,7 @@ def tags_delete(ctx: click.Context, keys: tuple[str, ...]) -> None:
 @click.argument("payload", default="")
 @click.option("--coalesce/--no-coalesce", default=True, show_default=True)
 @click.pass_context
-def event(ctx: click.Context, name: str, payload: str, coalesce: bool) -> None:
+def event(ctx: click.Context, name: str, *, payload: str, coalesce: bool) -> None:
     """Send a user event to the cluster. Env: SERF_RPC_ADDR, SERF_RPC_AUTH."""
     with _client(ctx) as client:
         client.event(name, payload.encode(), coalesce=coalesce)
@@ -159,6 +159,7 @@ def event(ctx: click.Context, name: str, payload: str, coalesce: bool) -> None:
 def query(
     ctx: click.Context,
     name: str,
+    *,
     payload: str,
     nodes: tuple[str, ...],
     tag_filters: tuple[str, ...],
@@ -225,7 +226,7 @@ def format_item(item: StreamItem, as_json: bool) -> str:
     return json.dumps(data, separators=(",", ":")) if as_json else text
 
 
-def _follow(items: Iterator[StreamItem], count: int, as_json: bool) -> None:
+def _follow(items: Iterator[StreamItem], count: int, *, as_json: bool) -> None:
     seen = 0
     for item in items:
         if isinstance(item, Reconnected):
@@ -261,14 +262,14 @@ def check_event_filter(text: str) -> str:
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per event.")
 @click.pass_context
-def stream(ctx: click.Context, event_filter: str, count: int, as_json: bool) -> None:
+def stream(ctx: click.Context, event_filter: str, *, count: int, as_json: bool) -> None:
     """Follow events: FILTER is Serf's list, e.g. member-join,user:deploy (default *).
 
     Env: SERF_RPC_ADDR, SERF_RPC_AUTH.
     """
     check_event_filter(event_filter)
     with _client(ctx) as client, client.stream(event_filter) as events:
-        _follow(events, count, as_json)
+        _follow(events, count, as_json=as_json)
 
 
 @cli.command()
@@ -282,7 +283,7 @@ def stream(ctx: click.Context, event_filter: str, count: int, as_json: bool) -> 
     "--count", type=click.IntRange(min=0), default=0, help="Exit after this many lines (0 = never)."
 )
 @click.pass_context
-def monitor(ctx: click.Context, log_level: str, count: int) -> None:
+def monitor(ctx: click.Context, log_level: str, *, count: int) -> None:
     """Follow the agent's log. Env: SERF_RPC_ADDR, SERF_RPC_AUTH."""
     with _client(ctx) as client, client.monitor(log_level.upper()) as lines:
-        _follow(lines, count, False)
+        _follow(lines, count, as_json=False)

@@ -58,7 +58,9 @@ def format_services_table(rows: list[dict[str, str]]) -> list[str]:
     "--json", "as_json", is_flag=True, help="Print exactly `avahi-ps search`'s one-line JSON array."
 )
 @click.pass_context
-def services(ctx: click.Context, service_type: str | None, host: str | None, as_json: bool) -> None:
+def services(
+    ctx: click.Context, service_type: str | None, *, host: str | None, as_json: bool
+) -> None:
     """List the services the whole gossip publishes (alive members only).
 
     A member whose `services` tag cannot be decoded is skipped with a warning naming it.
@@ -112,10 +114,9 @@ def services(ctx: click.Context, service_type: str | None, host: str | None, as_
     default="",
     help="The `e` field (Cloudy's microcloud).",
 )
-@click.pass_context
 def publish(
-    ctx: click.Context,
     description: str,
+    *,
     service_type: str,
     port: str,
     txt: str,
@@ -140,7 +141,8 @@ def publish(
         ip=ip or "",
         microcloud=microcloud,
     )
-    with _client(ctx) as client:
+    # The context from click's stack, not a parameter: the entry alone takes eight options.
+    with _client(click.get_current_context()) as client:
         if ip is None:
             entry = dataclasses.replace(entry, ip=local_services.own_member_addr(client))
         change = local_services.publish(client, entry)
@@ -152,11 +154,11 @@ def publish(
 @click.argument("service_type", metavar="TYPE")
 @click.argument("port")
 @click.pass_context
-def unpublish(ctx: click.Context, service_type: str, port: str) -> None:
+def unpublish(ctx: click.Context, service_type: str, *, port: str) -> None:
     """Remove the local entry with TYPE and PORT, like `avahi-ps unpublish`.
 
     The `services` tag is deleted when no entry is left. Env: SERF_RPC_ADDR, SERF_RPC_AUTH.
     """
     with _client(ctx) as client:
-        _, found = local_services.unpublish(client, service_type, port)
+        _, found = local_services.unpublish(client, service_type, port=port)
     click.echo(f"{'unpublished' if found else 'not published'}: {service_type} {port}")

@@ -79,6 +79,8 @@ _STATUS_SHAPE: dict[str, tuple[type, ...]] = {
     "errors": (dict,),
 }
 _ROW_KEYS = {"publishes": ("s", "p", "d", "t"), "left_out": ("namespace", "service", "port")}
+# No real Unix time reaches 1e11 s (the year 5138): a larger one is garbage, not a date.
+_LAST_SYNC_BOUND = 1e11
 
 
 def _daemon_status(http_addr: str) -> dict[str, Any] | None:
@@ -123,7 +125,11 @@ def _status_problem(report: object) -> str | None:
             if not isinstance(row, dict) or any(k not in row for k in needed):
                 return f"an entry of {key} lacks {', '.join(needed)}"
     for when in dict(report.get("last_sync") or {}).values():
-        if isinstance(when, bool) or not isinstance(when, int | float) or not 0 <= when < 1e11:
+        if (
+            isinstance(when, bool)
+            or not isinstance(when, int | float)
+            or not 0 <= when < _LAST_SYNC_BOUND
+        ):
             return "last_sync holds a time that is not a number of seconds"
     return None
 
@@ -136,7 +142,9 @@ def _computed_status(ctx: click.Context, s: config.Settings) -> dict[str, Any]:
     try:
         view = bridge.read_kube(cache)
         with _client(ctx) as serf:
-            plan, _ = bridge.publish_pass(serf, bridge.read_serf(serf), view, None, s, dry_run=True)
+            plan, _ = bridge.publish_pass(
+                serf, bridge.read_serf(serf), kube_view=view, kube=None, settings=s, dry_run=True
+            )
     finally:
         cache.stop(timeout=2)
         client.close()

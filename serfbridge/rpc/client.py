@@ -103,16 +103,16 @@ class SerfClient:
         with self._lock:
             reused = self._wire is not None
             try:
-                return self._call_once(command, body, timeout)
+                return self._call_once(command, body, timeout=timeout)
             except TransportError:
                 # A kept connection found dead (the agent restarted since the last call):
                 # redial once. A fresh connection that fails is a real failure.
                 if not reused:
                     raise
-            return self._call_once(command, body, timeout)
+            return self._call_once(command, body, timeout=timeout)
 
     def _call_once(
-        self, command: str, body: Mapping[str, object] | None, timeout: float | None
+        self, command: str, body: Mapping[str, object] | None, *, timeout: float | None
     ) -> Reply:
         if self._wire is None:
             self._wire = dial(
@@ -124,7 +124,7 @@ class SerfClient:
             )
         wire = self._wire
         try:
-            return self._roundtrip(wire, command, body, timeout or self.timeout)
+            return self._roundtrip(wire, command, body=body, timeout=timeout or self.timeout)
         except RPCError:
             # Timed out or broken: the reply may still come, so this connection is done.
             wire.close()
@@ -132,7 +132,7 @@ class SerfClient:
             raise
 
     def _roundtrip(
-        self, wire: Wire, command: str, body: Mapping[str, object] | None, timeout: float
+        self, wire: Wire, command: str, *, body: Mapping[str, object] | None, timeout: float
     ) -> Reply:
         seq = wire.queue(command, body)
         wire.flush()

@@ -56,20 +56,29 @@ class StreamEnded:
 Event = Ready | Reply | StreamRecord | StreamEnded
 
 
+_BY_TEXT: dict[str, type[AgentError]] = {
+    "Authentication required": AuthError,
+    "Invalid authentication token": AuthError,
+    "Unsupported IPC version": HandshakeError,
+    "Handshake already performed": HandshakeError,
+    "Handshake required": HandshakeError,
+    "Unsupported command": UnsupportedCommand,
+    "Invalid event filter": InvalidFilter,
+}
+
+
 def agent_error(command: str, text: str) -> AgentError:
     """Map an agent's error string to our exception type, keeping its exact text (§6)."""
-    if text in ("Authentication required", "Invalid authentication token"):
-        return AuthError(text, command=command)
-    if text in ("Unsupported IPC version", "Handshake already performed", "Handshake required"):
-        return HandshakeError(text, command=command)
-    if text == "Unsupported command":
-        return UnsupportedCommand(text, command=command)
-    if text == "Invalid event filter":
-        return InvalidFilter(text, command=command)
+    kind = _BY_TEXT.get(text) or _kind_by_context(command, text)
+    return kind(text, command=command)
+
+
+def _kind_by_context(command: str, text: str) -> type[AgentError]:
+    """The type for texts that vary (a limit, a query id): by prefix, else by command."""
     if text.startswith("Encoded length of tags exceeds limit"):
-        return TagsTooLarge(text, command=command)
+        return TagsTooLarge
     if command in ("query", "respond") or text.startswith("No pending queries"):
-        return QueryError(text, command=command)
+        return QueryError
     if command.endswith("-key") or command == "list-keys":
-        return KeyringError(text, command=command)
-    return AgentError(text, command=command)
+        return KeyringError
+    return AgentError

@@ -30,28 +30,28 @@ def _map(obj: object, what: str) -> Mapping[str, object]:
     return obj
 
 
-def _str(m: Mapping[str, object], key: str, what: str) -> str:
+def _str(m: Mapping[str, object], key: str, *, what: str) -> str:
     value = m.get(key, "")
     if not isinstance(value, str):
         raise RemoteProtocolError(f"{what}.{key}: expected a string, got {type(value).__name__}")
     return value
 
 
-def _int(m: Mapping[str, object], key: str, what: str) -> int:
+def _int(m: Mapping[str, object], key: str, *, what: str) -> int:
     value = m.get(key, 0)
     if not isinstance(value, int) or isinstance(value, bool):
         raise RemoteProtocolError(f"{what}.{key}: expected an integer, got {type(value).__name__}")
     return value
 
 
-def _bool(m: Mapping[str, object], key: str, what: str) -> bool:
+def _bool(m: Mapping[str, object], key: str, *, what: str) -> bool:
     value = m.get(key, False)
     if not isinstance(value, bool):
         raise RemoteProtocolError(f"{what}.{key}: expected a boolean, got {type(value).__name__}")
     return value
 
 
-def _bytes(m: Mapping[str, object], key: str, what: str) -> bytes:
+def _bytes(m: Mapping[str, object], key: str, *, what: str) -> bytes:
     # An empty []byte comes back as nil (§1); str is tolerated like the agent does.
     value = m.get(key)
     if value is None:
@@ -118,6 +118,7 @@ class Member(NamedTuple):
 
 
 _ADDR_TEXT: dict[bytes, str] = {}  # a cluster has few distinct addresses; formatting is slow
+_ADDR_TEXT_MAX = 4096  # addresses remembered; a hostile churn of them cannot grow it further
 
 
 def _addr(raw: object, what: str) -> str:
@@ -125,7 +126,7 @@ def _addr(raw: object, what: str) -> str:
         text = _ADDR_TEXT.get(raw)
         if text is None:
             text = str(ipaddress.ip_address(raw))
-            if len(_ADDR_TEXT) < 4096:
+            if len(_ADDR_TEXT) < _ADDR_TEXT_MAX:
                 _ADDR_TEXT[raw] = text
         return text
     if raw is None or raw == b"":
@@ -156,7 +157,7 @@ _member_values = operator.itemgetter(*_MEMBER_KEYS)
 def parse_member(obj: object) -> Member:
     # The hot path of `members` (once per member per call). The common, well-formed shape
     # is checked with a few C-level calls; anything else takes the careful path.
-    if type(obj) is dict and len(obj) == 11:
+    if type(obj) is dict and len(obj) == len(_MEMBER_KEYS):
         try:
             values = _member_values(obj)
         except KeyError:
@@ -257,39 +258,41 @@ StreamItem = MemberEvent | UserEvent | QueryEvent | QueryRecord | LogLine | Reco
 
 def parse_event_record(obj: object) -> MemberEvent | UserEvent | QueryEvent:
     m = _map(obj, "event record")
-    event = _str(m, "Event", "event record")
+    event = _str(m, "Event", what="event record")
     if event in MEMBER_EVENTS:
         members = tuple(parse_member(x) for x in _list(m.get("Members"), "Members"))
         return MemberEvent(event=event, members=members)
     if event == "user":
         return UserEvent(
-            name=_str(m, "Name", "user event"),
-            payload=_bytes(m, "Payload", "user event"),
-            ltime=_int(m, "LTime", "user event"),
-            coalesce=_bool(m, "Coalesce", "user event"),
+            name=_str(m, "Name", what="user event"),
+            payload=_bytes(m, "Payload", what="user event"),
+            ltime=_int(m, "LTime", what="user event"),
+            coalesce=_bool(m, "Coalesce", what="user event"),
         )
     if event == "query":
         return QueryEvent(
-            id=_int(m, "ID", "query event"),
-            name=_str(m, "Name", "query event"),
-            payload=_bytes(m, "Payload", "query event"),
-            ltime=_int(m, "LTime", "query event"),
+            id=_int(m, "ID", what="query event"),
+            name=_str(m, "Name", what="query event"),
+            payload=_bytes(m, "Payload", what="query event"),
+            ltime=_int(m, "LTime", what="query event"),
         )
     raise RemoteProtocolError(f"unknown stream event type {event!r}")
 
 
 def parse_query_record(obj: object) -> QueryRecord:
     m = _map(obj, "query record")
-    kind = _str(m, "Type", "query record")
+    kind = _str(m, "Type", what="query record")
     if kind not in ("ack", "response", "done"):
         raise RemoteProtocolError(f"unknown query record type {kind!r}")
     return QueryRecord(
-        type=kind, from_node=_str(m, "From", "query record"), payload=_bytes(m, "Payload", "query")
+        type=kind,
+        from_node=_str(m, "From", what="query record"),
+        payload=_bytes(m, "Payload", what="query"),
     )
 
 
 def parse_log_record(obj: object) -> LogLine:
-    return LogLine(line=_str(_map(obj, "log record"), "Log", "log record"))
+    return LogLine(line=_str(_map(obj, "log record"), "Log", what="log record"))
 
 
 # --- reply bodies ----------------------------------------------------------------------
@@ -303,7 +306,7 @@ class Coordinate:
     height: float
 
 
-def _float(m: Mapping[str, object], key: str, what: str) -> float:
+def _float(m: Mapping[str, object], key: str, *, what: str) -> float:
     value = m.get(key, 0.0)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise RemoteProtocolError(f"{what}.{key}: expected a number")
@@ -312,7 +315,7 @@ def _float(m: Mapping[str, object], key: str, what: str) -> float:
 
 def parse_coordinate(obj: object) -> Coordinate | None:
     m = _map(obj, "coordinate reply")
-    if not _bool(m, "Ok", "coordinate reply"):
+    if not _bool(m, "Ok", what="coordinate reply"):
         return None
     c = _map(m.get("Coord"), "Coord")
     vec = _list(c.get("Vec"), "Coord.Vec")
@@ -320,9 +323,9 @@ def parse_coordinate(obj: object) -> Coordinate | None:
         raise RemoteProtocolError("Coord.Vec: expected numbers")
     return Coordinate(
         vec=tuple(float(x) for x in vec),  # type: ignore[arg-type]
-        error=_float(c, "Error", "Coord"),
-        adjustment=_float(c, "Adjustment", "Coord"),
-        height=_float(c, "Height", "Coord"),
+        error=_float(c, "Error", what="Coord"),
+        adjustment=_float(c, "Adjustment", what="Coord"),
+        height=_float(c, "Height", what="Coord"),
     )
 
 
@@ -332,7 +335,7 @@ def parse_stats(obj: object) -> dict[str, dict[str, str]]:
 
 
 def parse_join(obj: object) -> int:
-    return _int(_map(obj, "join reply"), "Num", "join reply")
+    return _int(_map(obj, "join reply"), "Num", what="join reply")
 
 
 ReplyBody = tuple[Member, ...] | Coordinate | dict[str, dict[str, str]] | int | None

@@ -285,7 +285,7 @@ class Connection:
             body = _BODY_PARSERS[expected.command](obj)
             self._events.append(Reply(seq, expected.command, error, body))
         elif expected.phase is Phase.STREAMING:
-            self._on_record(seq, expected.command, obj)
+            self._on_record(seq, expected.command, obj=obj)
         else:
             self._on_drained(seq, expected)
 
@@ -299,13 +299,13 @@ class Connection:
             self._body_for = (seq, expected, error)  # a record (or a drained one) follows
         elif expected.command in _SETUP:
             del self._expected[seq]
-            self._on_setup_reply(seq, expected.command, error)
+            self._on_setup_reply(seq, expected.command, error=error)
         elif expected.shape is Shape.HEADER_BODY and error not in _NO_BODY_ERRORS:
             self._body_for = (seq, expected, error)
         else:
-            self._on_bare_reply(seq, expected, error)
+            self._on_bare_reply(seq, expected, error=error)
 
-    def _on_bare_reply(self, seq: int, expected: Expectation, error: str) -> None:
+    def _on_bare_reply(self, seq: int, expected: Expectation, *, error: str) -> None:
         if error == "Authentication required" and expected.sent_body:
             self._expected[seq] = replace(expected, phase=Phase.ECHO)
         elif expected.shape is Shape.STREAM and not error:
@@ -316,7 +316,7 @@ class Connection:
             self._on_stopped(expected.stop_target)
         self._events.append(Reply(seq, expected.command, error))
 
-    def _on_setup_reply(self, seq: int, command: str, error: str) -> None:
+    def _on_setup_reply(self, seq: int, command: str, *, error: str) -> None:
         self._events.append(Reply(seq, command, error))
         if error:
             self.state = State.FAILED
@@ -349,7 +349,7 @@ class Connection:
         else:
             self._expected[seq] = replace(expected, drain_left=expected.drain_left - 1)
 
-    def _on_record(self, seq: int, command: str, obj: object) -> None:
+    def _on_record(self, seq: int, command: str, *, obj: object) -> None:
         item = _RECORD_PARSERS[command](obj)
         self._events.append(StreamRecord(seq, item))
         if isinstance(item, models.QueryRecord) and item.type == "done":

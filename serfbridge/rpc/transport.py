@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
-from serfbridge import localpeers
+from serfbridge import defaults, localpeers
 from serfbridge.errors import RPCTimeout, TransportError, UsageError
 
 
@@ -43,7 +43,7 @@ Connector = Callable[[float], Transport]
 def split_addr(addr: str) -> tuple[str, int]:
     """``host:port`` (or ``[v6]:port``) → (host, port); raises UsageError when malformed."""
     host, sep, port = addr.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not port.isdigit() or not 0 < int(port) <= defaults.MAX_PORT:
         raise UsageError(f"RPC address must be host:port, got {addr!r}")
     return host.strip("[]") or "127.0.0.1", int(port)
 
@@ -87,7 +87,7 @@ def connect_tcp(addr: str, timeout: float, *, trusted: frozenset[int]) -> TcpTra
         raise TransportError(f"cannot reach the serf agent at {addr}: {exc}") from exc
     transport = TcpTransport(sock, addr)
     try:
-        localpeers.check_agent_owner(sock, trusted, addr)
+        localpeers.check_agent_owner(sock, trusted, addr=addr)
     except BaseException:
         transport.close()
         raise
@@ -111,7 +111,7 @@ class _Pipe:
 class MemoryTransport:
     """One end of an in-memory connection (``memory_pair``); never blocks on send."""
 
-    def __init__(self, inbox: _Pipe, outbox: _Pipe, name: str) -> None:
+    def __init__(self, inbox: _Pipe, outbox: _Pipe, *, name: str) -> None:
         self._inbox, self._outbox, self.addr = inbox, outbox, name
 
     def send(self, data: bytes) -> None:
@@ -138,4 +138,4 @@ class MemoryTransport:
 def memory_pair(name: str = "memory") -> tuple[MemoryTransport, MemoryTransport]:
     """Two connected ends: what one sends, the other receives."""
     there, back = _Pipe(), _Pipe()
-    return MemoryTransport(back, there, name), MemoryTransport(there, back, name)
+    return MemoryTransport(back, there, name=name), MemoryTransport(there, back, name=name)

@@ -28,13 +28,13 @@ READ_BYTES = 65536
 class Wire:
     """A handshaken (and authenticated) connection. ``open`` makes one."""
 
-    def __init__(self, transport: Transport, core: Connection, name: str) -> None:
+    def __init__(self, transport: Transport, core: Connection, *, name: str) -> None:
         self.transport, self.core, self.name = transport, core, name
         self._lock = threading.Lock()
 
     @classmethod
     def open(cls, connect: Connector, *, auth_key: str | None, timeout: float, name: str) -> Wire:
-        wire = cls(connect(timeout), Connection(auth_key=auth_key), name)
+        wire = cls(connect(timeout), Connection(auth_key=auth_key), name=name)
         try:
             wire.flush()
             wire._wait_ready(time.monotonic() + timeout)
