@@ -171,6 +171,11 @@ class KubeClient:
 
     def close(self) -> None:
         self._api.close()
+        # Debian 12's client (22.6) leaves its pooled connections open on close, so their
+        # sockets outlive the client; clear the pool ourselves, whichever client this is.
+        pool = getattr(getattr(self._api, "rest_client", None), "pool_manager", None)
+        if pool is not None:
+            pool.clear()
 
     def request(
         self,
