@@ -112,12 +112,7 @@ class Daemon:
             resync=settings.resync,
         )
         self.labels = LabelRunner(self.serf, metrics=self.metrics, scheduler=self.scheduler)
-        self.publish = PublishRunner(
-            self.serf,
-            metrics=self.metrics,
-            scheduler=self.scheduler,
-            node_name=settings.node_name,
-        )
+        self.publish = PublishRunner(self.serf, metrics=self.metrics, scheduler=self.scheduler)
         self.runners: tuple[PassRunner, ...] = (self.labels, self.publish)
         self.kube: KubeClient | None = None
         self.cache: KubeCache | None = None

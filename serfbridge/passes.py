@@ -218,11 +218,9 @@ class PublishRunner(PassRunner):
         *,
         metrics: Metrics,
         scheduler: Scheduler,
-        node_name: str,
         clock: Clock = time.monotonic,
     ) -> None:
         super().__init__(serf, metrics=metrics, scheduler=scheduler, clock=clock)
-        self.node_name = node_name
         self.reported: frozenset[EventKey] = frozenset()  # Events sent (``plan_events``)
         self.last_plan: dict[str, object] = {}
 

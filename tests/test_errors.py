@@ -97,12 +97,6 @@ def test_rpc_timeout_is_still_a_timeout_error() -> None:
     assert isinstance(build(RPCTimeout), TimeoutError)
 
 
-#: Exceptions still defined outside errors.py, in modules other slices of issue 10 own
-#: (the kube adapter's 410 Gone; the codecs' and config rules' input errors). Remove an
-#: entry when it moves: equality makes this test fail until the list is kept true.
-ELSEWHERE_FOR_NOW: set[str] = set()
-
-
 def exceptions_defined_in(package: ModuleType) -> set[str]:
     """Dotted names of the exception classes each module of ``package`` defines."""
     found = set()
@@ -124,7 +118,7 @@ def test_every_exception_of_the_package_lives_in_errors_py() -> None:
     outside = {
         n for n in exceptions_defined_in(serfbridge) if not n.startswith("serfbridge.errors.")
     }
-    assert outside == ELSEWHERE_FOR_NOW
+    assert outside == set()
     ours = [
         obj
         for obj in vars(errors).values()

@@ -59,8 +59,7 @@ def fresh_scheduler(clock: Clock) -> Scheduler:
 
 def make(cls: type[PassRunner], serf: FakeSerf, clock: Clock) -> tuple[PassRunner, Scheduler]:
     scheduler = fresh_scheduler(clock)
-    extra = {"node_name": "n1"} if cls is PublishRunner else {}
-    runner = cls(serf, metrics=Metrics(), scheduler=scheduler, clock=clock, **extra)  # type: ignore[arg-type]
+    runner = cls(serf, metrics=Metrics(), scheduler=scheduler, clock=clock)  # type: ignore[arg-type]
     return runner, scheduler
 
 
