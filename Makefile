@@ -21,7 +21,7 @@ DEBS    += debootstrap systemd-container
 DEBS    += iproute2 iptables
 BOOT_TESTS ?= tests/test_systemd_boot.py
 
-.PHONY: install dev deps kube-apiserver lint import-graph fmt test test-wheel test-unit test-docker bench demo docs clean deb test-deb
+.PHONY: install dev deps kube-apiserver lint import-graph fmt test test-wheel test-unit test-docker bench bench-imports demo docs clean deb test-deb
 
 install: $(VENV)/.installed
 dev: install
@@ -95,6 +95,10 @@ test-unit: install
 
 bench: deps kube-apiserver install
 	$(PY) -m bench
+
+# One benchmark alone: gossip change -> EndpointSlice in the API, next to its floor.
+bench-imports: deps kube-apiserver install
+	$(PY) -m bench bench_imports
 
 docs: install
 	$(PY) -m serfbridge.cli.reference > docs/configuration.md

@@ -3,10 +3,11 @@
 Used by the daemon (each debounced trigger), ``sync --once`` and the standalone event
 handler, so all of them behave the same. A pass reads the truth (Serf ``members`` and
 local tags; the Kubernetes view from ``read_kube``, the one place a ``KubeView`` is built),
-calls the planners (``plan_labels``; ``plan_publish``, ``plan_owned``, ``plan_events``),
-and, unless ``dry_run``, applies the plan here and nowhere else: Node merge patches as
-planned (never re-read or re-diffed), one ``tags`` call, the owned-tags annotation, Events
-for what was left out. Every write is in the plan it returns, so ``--dry-run`` shows it.
+calls the planners (``plan_labels``; ``plan_publish``, ``plan_owned``, ``plan_events``;
+``plan_imports``), and, unless ``dry_run``, applies the plan here and nowhere else: Node
+merge patches as planned (never re-read or re-diffed), one ``tags`` call, the owned-tags
+annotation, Events for what was left out, and the imports' object writes (through
+``import_apply``). Every write is in the plan it returns, so ``--dry-run`` shows it.
 
 Must not: decide anything itself (the planners do), or remove anything on a partial
 Kubernetes view (the caller says whether its view is ``synced``).
@@ -23,8 +24,10 @@ from serfbridge.cloudy import Entry, TagChange
 from serfbridge.config import Settings
 from serfbridge.errors import KubeConflict, KubeError
 from serfbridge.failure_hold import FailureHold, settle
+from serfbridge.import_apply import ObjectWriter, apply_import_plan
 from serfbridge.kubemodels import NodeInfo, ServiceInfo, SliceInfo
 from serfbridge.plan_events import EventKey, EventPlan, PlannedEvent, plan_events
+from serfbridge.plan_imports import ImportPlan, plan_imports, plan_prune
 from serfbridge.plan_labels import LabelPlan, NodePatch, plan_labels
 from serfbridge.plan_owned import maybe_owned_tags_patch
 from serfbridge.plan_publish import LeftOut, PublishPlan, plan_publish
@@ -44,6 +47,7 @@ class KubeView:
     services: Mapping[str, ServiceInfo] = field(default_factory=dict)
     slices: Mapping[str, SliceInfo] = field(default_factory=dict)
     synced: bool = True
+    slice_version: str = "v1"  # the discovery.k8s.io version the server serves slices at
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,7 @@ def read_kube(cache: KubeCache | None) -> KubeView:
         services=cache.services(),
         slices=cache.endpoint_slices(),
         synced=synced,
+        slice_version=cache.slice_version,
     )
 
 
@@ -318,6 +323,56 @@ def _create_event(kube: KubeWriter, event: PlannedEvent) -> bool:
         return False
     log.warning("service %s/%s %s", svc.namespace, svc.name, event.message)
     return True
+
+
+# --- imports ---------------------------------------------------------------------------
+
+
+def plan_import_pass(serf_view: SerfView, kube_view: KubeView, *, settings: Settings) -> ImportPlan:
+    """The imports plan of one pass (nothing to write on a partial view)."""
+    return plan_imports(
+        serf_view.members,
+        nodes=kube_view.nodes,
+        services=kube_view.services,
+        slices=kube_view.slices,
+        settings=settings.plan_settings(serf_view.self_member),
+        synced=kube_view.synced,
+        slice_version=kube_view.slice_version,
+    )
+
+
+def import_pass(
+    serf_view: SerfView,
+    kube_view: KubeView,
+    *,
+    kube: ObjectWriter | None,
+    settings: Settings,
+    dry_run: bool = False,
+    cache: KubeCache | None = None,
+) -> tuple[ImportPlan, int]:
+    """Plan the imported Services and EndpointSlices and apply them; the int counts writes."""
+    plan = plan_import_pass(serf_view, kube_view, settings=settings)
+    if dry_run or kube is None:
+        return plan, 0
+    return plan, apply_import_plan(kube, plan, cache=cache)
+
+
+def prune_imports(
+    kube_view: KubeView,
+    *,
+    kube: ObjectWriter | None,
+    settings: Settings,
+    dry_run: bool = False,
+    cache: KubeCache | None = None,
+) -> tuple[ImportPlan, int]:
+    """Delete everything this cluster imported; refused on a partial view (it could miss
+    some), and the plan says so."""
+    if not kube_view.synced:
+        return ImportPlan(notes=("kubernetes view not synced: nothing pruned",)), 0
+    plan = plan_prune(kube_view.services, kube_view.slices, settings=settings.plan_settings(None))
+    if dry_run or kube is None:
+        return plan, 0
+    return plan, apply_import_plan(kube, plan, cache=cache)
 
 
 def _describe(patch: NodePatch) -> str:

@@ -75,6 +75,11 @@ class Settings:
     exclude_namespaces: frozenset[str] = frozenset()
     selector: str = ""
     cloud_name: str = defaults.CLOUD_NAME
+    #: Imports (issue 15): Cloudy services -> Services and EndpointSlices, off by default.
+    import_services: bool = False
+    import_type: str = ".*"
+    import_cidr: tuple[str, ...] = ()
+    import_namespace: str = defaults.IMPORT_NAMESPACE
 
     def plan_settings(self, self_member: str | None) -> PlanSettings:
         """What the planners need of these settings: the one mapping from one to the other."""
@@ -91,6 +96,9 @@ class Settings:
             replicas=self.replicas,
             cloud_name=self.cloud_name,
             tag_limit=self.tag_limit,
+            import_type=self.import_type,
+            import_cidr=self.import_cidr,
+            import_namespace=self.import_namespace,
         )
 
     # The names bridge.py and the CLI call; both directions plan from the same value.
@@ -100,7 +108,7 @@ class Settings:
 
 #: Setting name -> environment name (the table lives with the rules that name settings).
 ENV_NAMES = config_rules.ENV_NAMES
-_FLAG_ALIASES = {"cluster-name": "cluster"}
+_FLAG_ALIASES = {"cluster-name": "cluster", "import": "import_services"}
 _BY_ENV = {env: name for name, env in ENV_NAMES.items()}
 
 
@@ -210,7 +218,14 @@ def convert(name: str, raw: str) -> object:
         raise ConfigError(f"{where}: expected {kind}") from None
     if isinstance(default, frozenset):
         return frozenset(x for x in raw.replace(",", " ").split() if x)
+    if isinstance(default, tuple):
+        return split_list(raw)
     return raw
+
+
+def split_list(raw: str) -> tuple[str, ...]:
+    """A comma- (or space-) separated list, in order, empty items dropped."""
+    return tuple(x for x in raw.replace(",", " ").split() if x)
 
 
 def merge(explicit: Mapping[str, object], file_values: Mapping[str, str]) -> Settings:

@@ -16,6 +16,7 @@ Must not: read files, talk to Serf or Kubernetes, or import ``config`` or the pl
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 from collections.abc import Callable
@@ -52,6 +53,10 @@ ENV_NAMES: dict[str, str] = {
     "exclude_namespaces": "SERFBRIDGE_EXCLUDE_NAMESPACES",
     "selector": "SERFBRIDGE_SELECTOR",
     "cloud_name": "SERFBRIDGE_CLOUD_NAME",
+    "import_services": "SERFBRIDGE_IMPORT",
+    "import_type": "SERFBRIDGE_IMPORT_TYPE",
+    "import_cidr": "SERFBRIDGE_IMPORT_CIDR",
+    "import_namespace": "SERFBRIDGE_IMPORT_NAMESPACE",
 }
 
 #: The flags whose name is not the setting name with '-' for '_'.
@@ -61,6 +66,7 @@ FLAG_NAMES = {
     "exclude_namespaces": "--exclude-namespace",
     "verbose": "-v",
     "agent_users": "--agent-user",
+    "import_services": "--import",
 }
 #: Longest Unix socket path Linux takes (sun_path is 108 bytes, NUL included).
 MAX_SOCKET_PATH = 107
@@ -116,7 +122,7 @@ def validate(settings: Checked) -> None:
 def _check_text(value: object) -> None:
     """Every string must be encodable: undecodable bytes in the environment become
     surrogates, which would only fail later, inside msgpack or the API client."""
-    texts = value if isinstance(value, frozenset) else (value,)
+    texts = value if isinstance(value, frozenset | tuple) else (value,)
     for text in texts:
         if isinstance(text, str):
             try:
@@ -216,7 +222,15 @@ def _node_name(value: object) -> None:
         raise Invalid("must be a Kubernetes node name (a lowercase DNS subdomain)")
 
 
-def _tag_allow(value: object) -> None:
+def _cidrs(value: object) -> None:
+    for cidr in value if isinstance(value, tuple) else ():
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise Invalid("must be CIDRs such as 10.0.0.0/8 or 2001:db8::/32") from None
+
+
+def _regex(value: object) -> None:
     text = str(value)
     if len(text) > MAX_REGEX:
         raise Invalid(f"is longer than {MAX_REGEX} characters")
@@ -266,7 +280,7 @@ _RULES: dict[str, Callable[[object], None]] = {
     "max_wait": number(0, 3600, above=True),
     "failure_hold": number(0, 3600),
     "tag_limit": number(128, 65535, integer=True),
-    "tag_allow": _tag_allow,
+    "tag_allow": _regex,
     "replicas": number(1, 1000, integer=True),
     "publish_default": _flag,
     "namespaces": _each(_DNS_LABEL, "namespace names (lowercase DNS labels)"),
@@ -274,6 +288,10 @@ _RULES: dict[str, Callable[[object], None]] = {
     "selector": _selector,
     "cloud_name": _pattern(_DNS_LABEL, "a lowercase DNS label (letters, digits and '-')"),
     "agent_users": _each(_USER, "user names or numeric uids"),
+    "import_services": _flag,
+    "import_type": _regex,
+    "import_cidr": _cidrs,
+    "import_namespace": _pattern(_DNS_LABEL, "a namespace name (a lowercase DNS label)"),
 }
 
 #: What each setting accepts, in words: docs/configuration.md renders this table.
@@ -305,4 +323,8 @@ RULE_TEXT: dict[str, str] = {
     "cloud_name": "a lowercase DNS label",
     "agent_users": "user names or numeric uids that exist on this host (checked at start); "
     "root and the daemon's own user are always trusted",
+    "import_services": "true or false",
+    "import_type": f"a Python regex, full match on the Cloudy type, at most {MAX_REGEX} characters",
+    "import_cidr": "CIDRs (IPv4 or IPv6), comma-separated; empty: any usable IP",
+    "import_namespace": "a namespace name (a lowercase DNS label)",
 }

@@ -31,10 +31,10 @@ import sdnotify
 from serfbridge import localpeers
 from serfbridge.config import Settings
 from serfbridge.errors import SerfBridgeError
-from serfbridge.followers import KubeFollower, SerfFollower
+from serfbridge.followers import KubeFollower, SerfFollower, poke_imports
 from serfbridge.handoff import HandOff, HandoffServer
 from serfbridge.health import HealthServer, Metrics
-from serfbridge.passes import LabelRunner, PassRunner, PublishRunner
+from serfbridge.passes import ImportRunner, LabelRunner, PassRunner, PublishRunner
 from serfbridge.rpc.client import SerfClient
 from serfbridge.scheduler import Scheduler
 
@@ -56,6 +56,7 @@ FIXED_SETTINGS = (
     "agent_users",
     "kubeconfig",
     "node_name",
+    "import_services",  # the scheduler's directions are set at start
 )
 
 
@@ -106,14 +107,15 @@ class Daemon:
             timeout=10.0,
         )
         self.scheduler = Scheduler(
-            ("to-k8s", "to-serf"),
+            ("to-k8s", "to-serf", *(("imports",) if settings.import_services else ())),
             quiet=settings.debounce,
             max_wait=settings.max_wait,
             resync=settings.resync,
         )
         self.labels = LabelRunner(self.serf, metrics=self.metrics, scheduler=self.scheduler)
         self.publish = PublishRunner(self.serf, metrics=self.metrics, scheduler=self.scheduler)
-        self.runners: tuple[PassRunner, ...] = (self.labels, self.publish)
+        self.imports = ImportRunner(self.serf, metrics=self.metrics, scheduler=self.scheduler)
+        self.runners: tuple[PassRunner, ...] = (self.labels, self.publish, self.imports)
         self.kube: KubeClient | None = None
         self.cache: KubeCache | None = None
         self._threads: list[threading.Thread] = []
@@ -131,12 +133,13 @@ class Daemon:
         self._start_kube()
         self._start_followers()
         log.info(
-            "serfbridge running for node %s (cluster %s): to-serf=%s to-k8s=%s, "
+            "serfbridge running for node %s (cluster %s): to-serf=%s to-k8s=%s imports=%s, "
             "http %s, handler socket %s",
             s.node_name,
             s.cluster,
             s.to_serf,
             s.to_k8s,
+            s.import_services,
             s.http_addr,
             s.handler_socket,
         )
@@ -241,6 +244,7 @@ class Daemon:
     def _on_handoff(self, request: HandOff) -> None:
         self.scheduler.poke("to-k8s")
         self.scheduler.poke("to-serf")  # placement follows membership
+        poke_imports(self.scheduler)
         shown = ", ".join(request.members[:_MEMBERS_LOGGED]) + (
             ", ..." if request.count > _MEMBERS_LOGGED else ""
         )
@@ -288,6 +292,7 @@ class Daemon:
             "tag_limit": self.settings.tag_limit,
             "resync": self.settings.resync,
             **self.publish.last_plan,
+            "imports": self.imports.last_plan,
         }
 
     def _apply_reload(self) -> None:

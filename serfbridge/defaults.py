@@ -32,3 +32,5 @@ CLOUD_NAME = "guifi"
 MAX_PORT = 65535
 #: The longest DNS subdomain name (RFC 1123), which Kubernetes label prefixes must be.
 DNS_NAME_MAX = 253
+#: The namespace imported Cloudy services appear in (``--import-namespace``).
+IMPORT_NAMESPACE = "cloudy"

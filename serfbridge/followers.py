@@ -92,8 +92,10 @@ class SerfFollower:
             self.metrics.rpc_connected.set(1)
             self.scheduler.poke("to-serf", urgent=True)
             self.scheduler.poke("to-k8s")
+            poke_imports(self.scheduler)
         elif isinstance(item, MemberEvent):
             self.scheduler.poke("to-k8s")
+            poke_imports(self.scheduler)  # members' services tags are the import sources
             me = self._self_member()
             if any(m.name == me and K8S_TAG not in m.tags for m in item.members):
                 self.scheduler.poke("to-serf", urgent=True)  # our tags are gone: restarted
@@ -119,3 +121,10 @@ class KubeFollower:
                 version = new
                 self.scheduler.poke("to-serf")
                 self.scheduler.poke("to-k8s")
+                poke_imports(self.scheduler)
+
+
+def poke_imports(scheduler: Scheduler) -> None:
+    """Poke the imports direction, which the scheduler has only when ``--import`` is on."""
+    if "imports" in scheduler.triggers:
+        scheduler.poke("imports")

@@ -56,7 +56,7 @@ class Metrics:
         )
         self.writes = Counter(
             "serfbridge_writes_total",
-            "Writes sent: tags calls (to-serf), Node patches (to-k8s)",
+            "Writes sent: tags calls (to-serf), Node patches (to-k8s), objects (imports)",
             ["direction"],
             registry=r,
         )
@@ -99,7 +99,26 @@ class Metrics:
             ["listener", "reason"],
             registry=r,
         )
-        for direction in ("to-serf", "to-k8s"):
+        self.imported = Gauge(
+            "serfbridge_imported",
+            "Imported objects the last imports plan wants (services, endpoint_slices)",
+            ["kind"],
+            registry=r,
+        )
+        self.import_skipped = Gauge(
+            "serfbridge_import_skipped",
+            "Cloudy entries (or members' tags) the last imports plan skipped, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.import_refused = Gauge(
+            "serfbridge_import_refused",
+            "Import Service names refused: taken by a Service we do not own",
+            registry=r,
+        )
+        for kind in ("services", "endpoint_slices"):
+            self.imported.labels(kind)
+        for direction in ("to-serf", "to-k8s", "imports"):
             self.writes.labels(direction)
             self.passes.labels(direction)
             self.pass_cpu.labels(direction)

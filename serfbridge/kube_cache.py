@@ -176,6 +176,20 @@ class KubeCache:
             )
             self._replace_one("nodes", name, old=node, new=patched)
 
+    @property
+    def slice_version(self) -> str:
+        """The ``discovery.k8s.io`` version EndpointSlices are listed at: ``v1`` until a
+        list finds the server lacks it (``v1beta1`` on a 1.20 server)."""
+        with self._cond:
+            return _SLICE_PATHS[self._paths["endpointslices"]].split("/")[3]
+
+    def note_written(self, kind: str, *, key: str, obj: KubeObject | None) -> None:
+        """Store an object we created or replaced (None: deleted) before its watch event,
+        so a pass that runs first does not write it again. ``kind`` is ``services`` or
+        ``endpointslices``; ``key`` is ``namespace/name``."""
+        with self._cond:
+            self._replace_one(kind, key, old=self._stores[kind].get(key), new=obj)
+
     def _snapshot(self, kind: str, cls: type[T]) -> dict[str, T]:
         with self._cond:
             return cast(dict[str, T], dict(self._stores[kind]))

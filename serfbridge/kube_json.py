@@ -63,12 +63,17 @@ def parse_service(obj: Json) -> ServiceInfo:
         annotations=dict(meta.get("annotations") or {}),
         load_balancer_ips=tuple(i.get("ip") or i.get("hostname", "") for i in ingress),
         resource_version=meta.get("resourceVersion", ""),
+        cluster_ip=spec.get("clusterIP") or "",
     )
 
 
 def _service_port(port: Json) -> ServicePort:
     return ServicePort(
-        port.get("name", ""), port["port"], port.get("nodePort"), port.get("protocol", "TCP")
+        port.get("name", ""),
+        port["port"],
+        port.get("nodePort"),
+        port.get("protocol", "TCP"),
+        port.get("targetPort"),
     )
 
 
@@ -84,6 +89,9 @@ def parse_endpoint_slice(obj: Json) -> SliceInfo:
             for p in obj.get("ports") or ()
         ),
         resource_version=meta.get("resourceVersion", ""),
+        labels=dict(meta.get("labels") or {}),
+        annotations=dict(meta.get("annotations") or {}),
+        address_type=obj.get("addressType", "IPv4"),
     )
 
 

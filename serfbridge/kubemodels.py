@@ -32,6 +32,7 @@ class ServicePort:
     port: int
     node_port: int | None
     protocol: str
+    target_port: int | str | None = None
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class ServiceInfo:
     annotations: Mapping[str, str]
     load_balancer_ips: tuple[str, ...]
     resource_version: str = field(default="", compare=False)
+    cluster_ip: str = field(default="", compare=False)  # immutable: a replace carries it
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,9 @@ class SliceInfo:
     endpoints: tuple[SliceEndpoint, ...]
     ports: tuple[tuple[str, int, str], ...]  # (name, port, protocol)
     resource_version: str = field(default="", compare=False)
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    address_type: str = "IPv4"
 
 
 KubeObject = NodeInfo | ServiceInfo | SliceInfo

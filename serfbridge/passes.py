@@ -10,7 +10,8 @@ A failure is logged once, then once a minute while it lasts.
 
 ``LabelRunner`` (to-k8s) keeps the failure hold as data between passes and asks the
 scheduler to look again when it ends; ``PublishRunner`` (to-serf) records the plan for
-``/status`` and reports what was left out as Kubernetes Events.
+``/status`` and reports what was left out as Kubernetes Events; ``ImportRunner`` (imports,
+off unless ``--import``) keeps the imports plan's counts for ``/status`` and the gauges.
 
 Callers: ``daemon``. Must not: plan anything (the planners do, through ``bridge``),
 schedule itself beyond asking the scheduler, or branch on a direction's name.
@@ -35,6 +36,8 @@ from serfbridge.scheduler import Clock, Scheduler
 if TYPE_CHECKING:
     from serfbridge.kube import KubeClient
     from serfbridge.kube_cache import KubeCache
+    from serfbridge.kube_writes import KubeObjects
+    from serfbridge.plan_imports import ImportPlan
 
 log = logging.getLogger("serfbridge.daemon")
 #: While a pass keeps failing the same way, its log line repeats at most this often.
@@ -254,3 +257,72 @@ class PublishRunner(PassRunner):
         if self.kube is not None and view.synced:  # also when empty: resets what was sent
             self.reported = plan.events.sent
             self.metrics.kube_events.inc(plan.events_created)
+
+
+class ImportRunner(PassRunner):
+    """imports: Cloudy services -> Services and EndpointSlices in the import namespace."""
+
+    direction = "imports"
+
+    def __init__(
+        self,
+        serf: SerfClient,
+        *,
+        metrics: Metrics,
+        scheduler: Scheduler,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        super().__init__(serf, metrics=metrics, scheduler=scheduler, clock=clock)
+        self.objects: KubeObjects | None = None
+        self.last_plan: dict[str, object] = empty_import_status()
+        self._last_notes: tuple[str, ...] = ()
+
+    def enabled(self, settings: Settings) -> bool:
+        return settings.import_services
+
+    def attach_kube(self, kube: KubeClient | None, cache: KubeCache | None) -> None:
+        super().attach_kube(kube, cache)
+        self.objects = None
+        if kube is not None:  # the adapter is loaded already: its writes cost nothing more
+            from serfbridge.kube_writes import KubeObjects
+
+            self.objects = KubeObjects(kube)
+
+    def apply(
+        self, settings: Settings, serf_view: bridge.SerfView, *, kube_view: bridge.KubeView
+    ) -> tuple[int, bool]:
+        if self.objects is not None:
+            self.objects.slice_version = kube_view.slice_version
+        plan, writes = bridge.import_pass(
+            serf_view, kube_view, kube=self.objects, settings=settings, cache=self.cache
+        )
+        self._record(plan)
+        return writes, kube_view.synced
+
+    def _record(self, plan: ImportPlan) -> None:
+        self.last_plan = import_status(plan)
+        for kind in ("services", "endpoint_slices"):
+            self.metrics.imported.labels(kind).set(plan.counts.get(kind, 0))
+        self.metrics.import_skipped.clear()
+        for reason, count in plan.skipped.items():
+            self.metrics.import_skipped.labels(reason).set(count)
+        self.metrics.import_refused.set(len(plan.refused))
+        if plan.notes != self._last_notes:
+            for note in plan.notes:
+                log.info("imports: %s", note)
+            self._last_notes = plan.notes
+
+
+def empty_import_status() -> dict[str, object]:
+    return {"services": 0, "endpoint_slices": 0, "skipped": {}, "refused": [], "writer": None}
+
+
+def import_status(plan: ImportPlan) -> dict[str, object]:
+    """The ``/status`` imports block of one plan."""
+    return {
+        "services": plan.counts.get("services", 0),
+        "endpoint_slices": plan.counts.get("endpoint_slices", 0),
+        "skipped": dict(plan.skipped),
+        "refused": list(plan.refused),
+        "writer": plan.writer,
+    }

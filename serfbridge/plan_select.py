@@ -26,6 +26,8 @@ def maybe_skip_reason(svc: ServiceInfo, settings: PlanSettings) -> str | None:
 
 def _maybe_out_of_scope(svc: ServiceInfo, settings: PlanSettings) -> str | None:
     """Why the bridge's settings leave ``svc`` out, whatever it asks for."""
+    if settings.key("imported-by") in svc.labels:  # imported from the gossip: no loop back
+        return "imported by serfbridge: never published"
     if svc.type not in ELIGIBLE_TYPES:
         return f"type {svc.type} is never published"
     if settings.namespaces and svc.namespace not in settings.namespaces:

@@ -12,6 +12,7 @@ Must not: import ``config``, the planners, or anything with I/O.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 
@@ -38,6 +39,9 @@ class PlanSettings:
     replicas: int = defaults.REPLICAS
     cloud_name: str = defaults.CLOUD_NAME
     tag_limit: int = defaults.TAG_LIMIT
+    import_type: str = ".*"  # imports: regex, full match on the Cloudy type
+    import_cidr: tuple[str, ...] = ()  # imports: allowed endpoint networks; empty = any
+    import_namespace: str = defaults.IMPORT_NAMESPACE
 
     def __post_init__(self) -> None:
         if len(self.prefix) > defaults.DNS_NAME_MAX or not _DNS_SUBDOMAIN.fullmatch(self.prefix):
@@ -47,9 +51,22 @@ class PlanSettings:
         except re.error as exc:
             raise ConfigError(f"--tag-allow is not a valid regex: {exc}") from exc
         parse_selector(self.selector)
+        _check_imports(self)
         if self.replicas < 1:
             raise ConfigError(f"--replicas must be at least 1, got {self.replicas}")
 
     def key(self, name: str) -> str:
         """``<prefix>/<name>``: one of our label or annotation keys."""
         return f"{self.prefix}/{name}"
+
+
+def _check_imports(settings: PlanSettings) -> None:
+    try:
+        re.compile(settings.import_type)
+    except re.error as exc:
+        raise ConfigError(f"--import-type is not a valid regex: {exc}") from exc
+    for cidr in settings.import_cidr:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError as exc:
+            raise ConfigError(f"--import-cidr: {cidr!r} is not a CIDR") from exc

@@ -60,6 +60,7 @@ class FakeCache:
     def __init__(self, nodes, *, synced=True) -> None:
         self._nodes, self.synced = dict(nodes), synced
         self.noted: list[tuple[str, dict, dict]] = []
+        self.slice_version = "v1"
 
     def nodes(self):
         return dict(self._nodes)

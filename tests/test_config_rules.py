@@ -123,6 +123,11 @@ BAD = [
     ("cloud_name", "a.b"),
     ("agent_users", "Serf User"),
     ("agent_users", "a/b"),
+    ("import_services", "perhaps"),
+    ("import_type", "(x"),
+    ("import_cidr", "10.0.0.0/33"),
+    ("import_cidr", "10.0.0.0/8,nonsense"),
+    ("import_namespace", "Cloudy_NS"),
 ]
 _CHECKED = {name for name, _ in BAD} | {"rpc_auth", "verbose"}  # tested below / a count
 
@@ -146,7 +151,7 @@ def test_bad_value_in_the_file_is_refused_at_start(
 
 # Booleans come from click on the command line and in the environment (click refuses a
 # bad one itself, with exit 2); the rest pass through our rules from there too.
-_TYPED_BY_CLICK = {"log_format", "to_serf", "to_k8s", "publish_default"}
+_TYPED_BY_CLICK = {"log_format", "to_serf", "to_k8s", "publish_default", "import_services"}
 _ENV_CASES = [(n, v) for n, v in BAD if n not in _TYPED_BY_CLICK and v]
 
 

@@ -50,6 +50,8 @@ class CliState:
 
 _SETTING_NAMES = {f.name for f in dataclasses.fields(config.Settings)}
 _PARAM_TO_SETTING = {"cluster_name": "cluster"}
+#: Settings that are sets: click's tuples of repeated options become frozensets.
+_SET_SETTINGS = {f.name for f in dataclasses.fields(config.Settings) if f.type == "frozenset[str]"}
 
 
 def explicit_values(ctx: click.Context) -> dict[str, object]:
@@ -62,7 +64,7 @@ def explicit_values(ctx: click.Context) -> dict[str, object]:
             ParameterSource.COMMANDLINE,
             ParameterSource.ENVIRONMENT,
         ):
-            result[setting] = frozenset(value) if isinstance(value, tuple) else value
+            result[setting] = frozenset(value) if setting in _SET_SETTINGS else value
     return result
 
 

@@ -13,16 +13,20 @@ import click
 
 from serfbridge import config, logs
 from serfbridge.cli.base import CliState, _client, check_seconds, cli, explicit_values
+from serfbridge.config import split_list
 from serfbridge.defaults import HANDLER_SOCKET
 from serfbridge.errors import KubeUnavailable
 
 if TYPE_CHECKING:
-    from serfbridge.bridge import PublishPass
+    from serfbridge.bridge import KubeView, PublishPass
     from serfbridge.kube import KubeClient
     from serfbridge.kube_cache import KubeCache
+    from serfbridge.kube_writes import KubeObjects
+    from serfbridge.plan_imports import ImportPlan
     from serfbridge.plan_labels import LabelPlan
 
 log = logging.getLogger("serfbridge")
+Decorator = Callable[[Callable[..., object]], Callable[..., object]]
 
 
 # --- the bridge: run, sync, status, handle ---------------------------------------------
@@ -30,7 +34,7 @@ log = logging.getLogger("serfbridge")
 
 def bridge_options(func: Callable[..., object]) -> Callable[..., object]:
     """Options that change what the bridge plans; shared by run, sync, status and handle."""
-    options = [
+    options: list[Decorator] = [
         click.option(
             "--tag-allow",
             envvar="SERFBRIDGE_TAG_ALLOW",
@@ -86,10 +90,49 @@ def bridge_options(func: Callable[..., object]) -> Callable[..., object]:
             show_envvar=True,
             help="Cloud name in each entry's host, <node>.<cloud>.local [default: guifi].",
         ),
+        *import_options(),
     ]
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def import_options() -> list[Decorator]:
+    """The imports direction's options (Cloudy services -> Services and EndpointSlices)."""
+    return [
+        click.option(
+            "--import/--no-import",
+            "import_services",
+            envvar="SERFBRIDGE_IMPORT",
+            show_envvar=True,
+            default=None,
+            help="Cloudy services -> Services and EndpointSlices in the import namespace, "
+            "other clusters' Services included [default: off].",
+        ),
+        click.option(
+            "--import-type",
+            envvar="SERFBRIDGE_IMPORT_TYPE",
+            show_envvar=True,
+            metavar="REGEX",
+            help="Import only Cloudy types this regex fully matches [default: .*].",
+        ),
+        click.option(
+            "--import-cidr",
+            envvar="SERFBRIDGE_IMPORT_CIDR",
+            show_envvar=True,
+            metavar="CIDR",
+            callback=lambda _ctx, _param, value: None if value is None else split_list(value),
+            help="Import only endpoints inside these networks (comma list) [default: any "
+            "usable IP].",
+        ),
+        click.option(
+            "--import-namespace",
+            envvar="SERFBRIDGE_IMPORT_NAMESPACE",
+            show_envvar=True,
+            metavar="NS",
+            help="Namespace of the imported Services [default: cloudy].",
+        ),
+    ]
 
 
 def direction_options(func: Callable[..., object]) -> Callable[..., object]:
@@ -200,6 +243,11 @@ def run(ctx: click.Context, /, **_: object) -> None:
 @click.option("--once", is_flag=True, default=True, help="One pass (the only mode for now).")
 @click.option("--dry-run", is_flag=True, help="Print the plan; write nothing.")
 @click.option(
+    "--prune-imports",
+    is_flag=True,
+    help="Only delete every Service and EndpointSlice this cluster imported, and print them.",
+)
+@click.option(
     "--timeout",
     type=float,
     default=30.0,
@@ -207,47 +255,79 @@ def run(ctx: click.Context, /, **_: object) -> None:
     help="Seconds to wait for the Kubernetes list.",
 )
 @click.pass_context
-def sync(ctx: click.Context, /, once: bool, *, dry_run: bool, timeout: float, **_: object) -> None:
+def sync(
+    ctx: click.Context,
+    /,
+    once: bool,
+    *,
+    dry_run: bool,
+    prune_imports: bool,
+    timeout: float,
+    **_: object,
+) -> None:
     """One reconcile pass in each enabled direction; --dry-run prints the plan.
 
     Env: SERF_RPC_ADDR, SERF_RPC_AUTH, KUBECONFIG, SERFBRIDGE_CLUSTER, SERFBRIDGE_NODE_NAME
     and every option's variable above.
     """
     from serfbridge import bridge  # the planners load only for the commands that plan
-    from serfbridge.failure_hold import FailureHold
+    from serfbridge.kube_writes import KubeObjects
 
     check_seconds(timeout, "--timeout", maximum=3600)
     s = _settings(ctx)
     client, cache = _kube_cache(s, wait=timeout)
     try:
         view = bridge.read_kube(cache)
-        with _client(ctx) as serf:
-            serf_view = bridge.read_serf(serf)
-            if s.to_k8s:
-                plan, writes = bridge.label_pass(
-                    serf_view,
-                    view,
-                    kube=client,
-                    settings=s,
-                    dry_run=dry_run,
-                    cache=cache,
-                    hold=FailureHold.one_shot(time.monotonic()),
-                )
-                _print_label_plan(plan, dry_run, writes=writes)
-            if s.to_serf:
-                pplan, writes = bridge.publish_pass(
-                    serf,
-                    serf_view,
-                    kube_view=view,
-                    kube=client,
-                    settings=s,
-                    dry_run=dry_run,
-                    cache=cache,
-                )
-                _print_publish_plan(pplan, dry_run, writes=writes, s=s)
+        objects = KubeObjects(client, slice_version=view.slice_version)
+        if prune_imports:
+            pruned, writes = bridge.prune_imports(
+                view, kube=objects, settings=s, dry_run=dry_run, cache=cache
+            )
+            _print_import_plan(pruned, dry_run=dry_run, writes=writes)
+        else:
+            _sync_once(ctx, s, view=view, writers=(client, objects, cache), dry_run=dry_run)
     finally:
         cache.stop(timeout=2)
         client.close()
+
+
+def _sync_once(
+    ctx: click.Context,
+    s: config.Settings,
+    *,
+    view: KubeView,
+    writers: tuple[KubeClient, KubeObjects, KubeCache],
+    dry_run: bool,
+) -> None:
+    """One pass of each enabled direction, printed."""
+    from serfbridge import bridge
+    from serfbridge.failure_hold import FailureHold
+
+    client, objects, cache = writers
+    with _client(ctx) as serf:
+        serf_view = bridge.read_serf(serf)
+        if s.to_k8s:
+            hold = FailureHold.one_shot(time.monotonic())
+            plan, writes = bridge.label_pass(
+                serf_view, view, kube=client, settings=s, dry_run=dry_run, cache=cache, hold=hold
+            )
+            _print_label_plan(plan, dry_run, writes=writes)
+        if s.to_serf:
+            pplan, writes = bridge.publish_pass(
+                serf,
+                serf_view,
+                kube_view=view,
+                kube=client,
+                settings=s,
+                dry_run=dry_run,
+                cache=cache,
+            )
+            _print_publish_plan(pplan, dry_run, writes=writes, s=s)
+        if s.import_services:
+            iplan, writes = bridge.import_pass(
+                serf_view, view, kube=objects, settings=s, dry_run=dry_run, cache=cache
+            )
+            _print_import_plan(iplan, dry_run=dry_run, writes=writes)
 
 
 def _print_label_plan(plan: LabelPlan, dry_run: bool, *, writes: int) -> None:
@@ -265,6 +345,22 @@ def _print_label_plan(plan: LabelPlan, dry_run: bool, *, writes: int) -> None:
         click.echo("to-k8s: nothing to change")
     elif not dry_run:
         click.echo(f"to-k8s: {writes} PATCH request(s) sent")
+
+
+def _print_import_plan(plan: ImportPlan, *, dry_run: bool, writes: int) -> None:
+    """One line per write (``import: create Service cloudy/syncthing``), then the rest."""
+    for write in plan.writes:
+        click.echo(f"import: {write.describe()}")
+    for note in plan.notes:
+        click.echo(f"import: {note}")
+    for name in plan.refused:
+        click.echo(f"import: refused {name}: a Service of that name is not ours")
+    if plan.skipped:
+        click.echo(f"import: skipped entries: {dict(sorted(plan.skipped.items()))}")
+    if not plan.writes:
+        click.echo("import: nothing to change")
+    elif not dry_run:
+        click.echo(f"import: {writes} write(s) sent")
 
 
 def _print_publish_plan(

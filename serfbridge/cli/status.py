@@ -61,6 +61,14 @@ def status(ctx: click.Context, /, as_json: bool, **_: object) -> None:
         )
     for direction, error in sorted(dict(report.get("errors") or {}).items()):
         click.echo(f"error ({direction}): {error}")
+    imports = report.get("imports")
+    if isinstance(imports, dict):
+        click.echo(
+            f"imports: {imports.get('services', 0)} service(s), "
+            f"{imports.get('endpoint_slices', 0)} endpoint slice(s), writer "
+            f"{imports.get('writer') or 'none'}, skipped {imports.get('skipped') or {}}, "
+            f"refused {imports.get('refused') or []}"
+        )
 
 
 #: Largest /status we read from a daemon: its report is a few KiB even at 300 Services.
@@ -77,6 +85,7 @@ _STATUS_SHAPE: dict[str, tuple[type, ...]] = {
     "publishes": (list,),
     "left_out": (list,),
     "errors": (dict,),
+    "imports": (dict,),
 }
 _ROW_KEYS = {"publishes": ("s", "p", "d", "t"), "left_out": ("namespace", "service", "port")}
 # No real Unix time reaches 1e11 s (the year 5138): a larger one is garbage, not a date.
@@ -137,18 +146,25 @@ def _status_problem(report: object) -> str | None:
 def _computed_status(ctx: click.Context, s: config.Settings) -> dict[str, Any]:
     # The planners load only for the commands that plan.
     from serfbridge import bridge
+    from serfbridge.passes import import_status
 
     client, cache = _kube_cache(s, wait=30)
     try:
         view = bridge.read_kube(cache)
         with _client(ctx) as serf:
+            serf_view = bridge.read_serf(serf)
             plan, _ = bridge.publish_pass(
-                serf, bridge.read_serf(serf), kube_view=view, kube=None, settings=s, dry_run=True
+                serf, serf_view, kube_view=view, kube=None, settings=s, dry_run=True
             )
+        imports = (
+            bridge.plan_import_pass(serf_view, view, settings=s) if s.import_services else None
+        )
     finally:
         cache.stop(timeout=2)
         client.close()
+    extra = {} if imports is None else {"imports": import_status(imports)}
     return {
+        **extra,
         "node": s.node_name,
         "cluster": s.cluster,
         "tag_limit": s.tag_limit,
