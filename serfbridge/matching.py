@@ -224,3 +224,16 @@ def _choose(found: Sequence[Member], record: Record | None, *, node: str, writer
         # The Node's own record vouches for this ip:port: a restarted agent, new name.
         return Binding(best, "own address", bridged=False, recorded_by=node)
     return Binding(best, "address", bridged=False, recorded_by=writer)
+
+
+def recorded_itself(
+    node: str, binding: Binding, *, nodes: Mapping[str, NodeInfo], settings: PlanSettings
+) -> bool:
+    """True when ``node``'s own bridge has recorded its member on it: it may write for
+    others (labels) or for the cluster (imports).
+
+    Every bridge judges this from the API's records, its own Node included, so all agree
+    on the candidates: a bridge that has not recorded itself yet is no candidate, not even
+    in its own eyes."""
+    record = maybe_record(nodes[node], Keys.for_prefix(settings.prefix))
+    return record is not None and record.own(node) and record.member == binding.member.name

@@ -152,20 +152,11 @@ def maybe_writer(
             "this bridge is not in a majority and writes no imports"
         )
         return None, guard
-    bridges = [n for n in alive if _recorded_itself(n, bindings[n], nodes=nodes, settings=settings)]
+    bridges = [
+        n for n in alive if matching.recorded_itself(n, bindings[n], nodes=nodes, settings=settings)
+    ]
     ranked = rendezvous.rank(WRITER_KEY, bridges)
     return (ranked[0] if ranked else None), None
-
-
-def _recorded_itself(
-    node: str, binding: matching.Binding, *, nodes: Mapping[str, NodeInfo], settings: PlanSettings
-) -> bool:
-    """True when ``node``'s own bridge has recorded its member on it, as ``plan_labels``
-    requires of a writer: every bridge judges this from the API's records, its own Node
-    included, so all agree on the candidates (a bridge that has not recorded itself yet
-    is no candidate, not even in its own eyes)."""
-    record = matching.maybe_record(nodes[node], matching.Keys.for_prefix(settings.prefix))
-    return record is not None and record.own(node) and record.member == binding.member.name
 
 
 # --- what should exist ---------------------------------------------------------------------

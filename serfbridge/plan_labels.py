@@ -248,7 +248,9 @@ def _writers(
     """The Nodes whose own bridge is alive and recorded itself: who may write for others."""
     alive = sorted(n for n, b in found.bindings.items() if b.member.status == "alive")
     return [
-        n for n in alive if _recorded_itself(n, found.bindings[n], nodes=nodes, settings=settings)
+        n
+        for n in alive
+        if matching.recorded_itself(n, found.bindings[n], nodes=nodes, settings=settings)
     ]
 
 
@@ -276,17 +278,6 @@ def _maybe_patch(
     label_patch, ann_patch = diff_metadata(node, labels, annotations=annotations, settings=settings)
     patch = NodePatch(name, label_patch, ann_patch, reason)
     return None if patch.empty else patch
-
-
-def _recorded_itself(
-    node: str, binding: matching.Binding, *, nodes: Mapping[str, NodeInfo], settings: LabelSettings
-) -> bool:
-    """True when ``node``'s own bridge has recorded its member: it can write for others.
-
-    Every bridge judges this from the API's records, its own Node included, so all agree
-    on who ranks first."""
-    record = matching.maybe_record(nodes[node], matching.Keys.for_prefix(settings.prefix))
-    return record is not None and record.own(node) and record.member == binding.member.name
 
 
 def _why_we_write(

@@ -6,8 +6,12 @@ compares what the apiserver holds (``tests.lab.imports.imported_objects``) with 
 spec derives from the gossip (``expected_objects``, written from the spec alone, never the
 product's planner), so "converged" means exactly equal, not "something appeared".
 
-Each test imports into its own namespace (the first one into the default, ``cloudy``), so
-tests sharing the session apiserver never see each other's objects. The one writer is
+Every test here runs on the apiserver in RBAC mode, and the daemons and the CLI act as the
+serfbridge ServiceAccount with exactly ``deploy/``'s RBAC: the ClusterRole, and the imports'
+Role in each import namespace (``grant_imports`` applies the shipped manifest there). A
+daemon that logs "forbidden" fails the test. Each test imports into its own namespace (the
+first and the last into the default, ``cloudy``), so tests sharing the module's apiserver
+never see each other's objects. The one writer is
 the daemon ``writer_node`` names (rendezvous over the bridged nodes); its ``/status`` is
 the one read for counts.
 """
@@ -33,6 +37,7 @@ from serfbridge.kubemodels import NodeInfo
 from serfbridge.plan_publish import PublishSettings, plan_publish
 from serfbridge.rpc.models import Member
 from tests.fixtures_kube import client_for
+from tests.fixtures_world import worlds_on
 from tests.lab import commands
 from tests.lab.apiserver import SERVICE_ACCOUNT_USER
 from tests.lab.bridges import BridgeProcess, World
@@ -54,6 +59,7 @@ from tests.lab.imports import (
     delete_marked,
     ensure_namespace,
     gossip,
+    grant_imports,
     import_args,
     imported_objects,
     list_in,
@@ -196,7 +202,7 @@ def run_cli(w: World, node: str, *args: str, kubeconfig: str | None = None) -> c
             "--rpc-addr",
             w.agent_for(node).rpc_addr,
             "--kubeconfig",
-            kubeconfig or str(w.apiserver.kubeconfig),
+            kubeconfig or w.bridge_kubeconfig,
             "--cluster-name",
             w.cluster,
             "--node-name",
@@ -222,10 +228,56 @@ def get_service(w: World, ns: str, name: str) -> dict:
     return w.client.request("GET", path, verb="get", resource="services", namespace=ns)
 
 
+@pytest.fixture(scope="module")
+def rbac_import_lab(rbac_apiserver):
+    """The RBAC apiserver with deploy/'s RBAC applied as shipped: the bridge's ClusterRole
+    and the imports' Role in the default import namespace, ``cloudy``."""
+    client = client_for(rbac_apiserver)
+    ensure_namespace(client, DEFAULT_NS)
+    client.close()
+    # Every RBAC manifest under deploy/ (the bridge's, and the imports' Role wherever it is).
+    manifests = sorted(DEPLOY.rglob("*rbac*.yaml"), key=lambda p: (len(p.parts), p))
+    assert manifests[0] == DEPLOY / "rbac.yaml", manifests
+    for manifest in manifests:
+        applied = kubectl(rbac_apiserver, "apply", "-f", str(manifest))
+        assert applied.returncode == 0, applied.stderr
+    return rbac_apiserver
+
+
+def service_account_kubeconfig(lab: Any) -> str:
+    user = next(u for u in lab.users if u.name == SERVICE_ACCOUNT_USER)
+    return str(lab.kubeconfig_for(user))
+
+
 @pytest.fixture
-def default_ns(kube_apiserver) -> Iterator[str]:
+def world(rbac_import_lab, request) -> Iterator[Callable[..., World]]:
+    """This module's worlds: the RBAC apiserver, daemons (and the CLI) as the serfbridge
+    ServiceAccount, so every acceptance test runs with exactly the shipped RBAC. After a
+    passing test, no daemon may have logged a refusal (a missing verb would show there)."""
+    yield from worlds_on(
+        rbac_import_lab,
+        request,
+        after_pass=nothing_forbidden,
+        bridge_kubeconfig=service_account_kubeconfig(rbac_import_lab),
+    )
+
+
+def nothing_forbidden(w: World) -> None:
+    for bridge in w.bridges.values():
+        assert "forbidden" not in bridge.log_text().lower(), bridge.log_tail()
+
+
+def import_namespace(w: World, prefix: str) -> str:
+    """A new import namespace with the shipped imports Role applied to it."""
+    ns = make_namespace(w.client, prefix)
+    grant_imports(w.apiserver, ns)
+    return ns
+
+
+@pytest.fixture
+def default_ns(rbac_import_lab) -> Iterator[str]:
     """The default import namespace, emptied of imports before and after the test."""
-    client = client_for(kube_apiserver)
+    client = client_for(rbac_import_lab)
     ensure_namespace(client, DEFAULT_NS)
     delete_marked(client, DEFAULT_NS)
     yield DEFAULT_NS
@@ -422,7 +474,7 @@ def test_hand_published_syncthing_and_docker_appear(world, default_ns) -> None:
 @integration
 def test_import_type_and_cidr_filters(world) -> None:
     w: World = world(3)
-    ns = make_namespace(w.client, "imp1f")
+    ns = import_namespace(w, "imp1f")
     pubs = add_publishers(w, ["pub-a", "pub-b"])
     publish(pubs["pub-a"], [entry("syncthing", 22000, "10.77.10.1", member="pub-a"),
                             entry("Docker", 2375, "10.77.10.1", member="pub-a")])  # fmt: skip
@@ -446,7 +498,7 @@ def test_stopped_publisher_not_ready_unpublished_removed_last_entry_removes_serv
     world,
 ) -> None:
     w: World = world(3)
-    ns = make_namespace(w.client, "imp2")
+    ns = import_namespace(w, "imp2")
     pubs = add_publishers(w, ["pub-a", "pub-b", "pub-c"])
     entries = {
         "pub-a": [entry("syncthing", 22000, "10.77.2.1", member="pub-a")],
@@ -505,7 +557,7 @@ def test_writer_that_cannot_read_members_deletes_nothing(world) -> None:
     dies (its daemon's ``members`` fails at once); the imports stay exactly as they were,
     and the other bridges, who see nothing new to import, write nothing either."""
     w: World = world(3)
-    ns = make_namespace(w.client, "imp2p")
+    ns = import_namespace(w, "imp2p")
     pubs = add_publishers(w, ["pub-a"])
     publish(pubs["pub-a"], [entry("syncthing", 22000, "10.77.11.1", member="pub-a"),
                             entry("Docker", 2375, "10.77.11.1", member="pub-a")])  # fmt: skip
@@ -526,11 +578,11 @@ def test_writer_that_cannot_read_members_deletes_nothing(world) -> None:
 
 
 @integration
-def test_writer_in_a_minority_writes_nothing(world, kube_apiserver) -> None:
+def test_writer_in_a_minority_writes_nothing(world) -> None:
     """One writer only while it sees a majority: with the two other bridges' agents frozen
     (failed in its view, 1/3 alive), a gossip change is not imported until they are back."""
     w: World = world(3)
-    ns = make_namespace(w.client, "imp2m")
+    ns = import_namespace(w, "imp2m")
     pubs = add_publishers(w, ["pub-a"])
     publish(pubs["pub-a"], [entry("syncthing", 22000, "10.77.12.1", member="pub-a")])
     group = start_importers(w, import_args(ns))
@@ -545,7 +597,7 @@ def test_writer_in_a_minority_writes_nothing(world, kube_apiserver) -> None:
         40,
         "the writer's agent sees the other two failed",
     )
-    before, writes = versions(w.client, ns), apiserver_writes(kube_apiserver)
+    before, writes = versions(w.client, ns), apiserver_writes(w.apiserver)
     publish(pubs["pub-a"], [entry("syncthing", 22000, "10.77.12.1", member="pub-a"),
                             entry("Docker", 2375, "10.77.12.1", member="pub-a")])  # fmt: skip
     w.wait_for(
@@ -555,7 +607,7 @@ def test_writer_in_a_minority_writes_nothing(world, kube_apiserver) -> None:
     )
     time.sleep(6)  # several passes of the writer's daemon on the new gossip
     assert versions(w.client, ns) == before, "a minority writer imported"
-    assert apiserver_writes(kube_apiserver) == writes
+    assert apiserver_writes(w.apiserver) == writes
     for node in others:
         w.agent_for(node).cont()
     w.serf.wait_joined()
@@ -593,7 +645,7 @@ def lb_service(w: World, ns: str, name: str, port: int, ip: str, side: str) -> N
 def test_other_clusters_service_imported_our_own_never(world) -> None:
     w: World = world(4)
     k1, k2, k3, k4 = w.nodes
-    src, imp = make_namespace(w.client, "src"), make_namespace(w.client, "imp3")
+    src, imp = make_namespace(w.client, "src"), import_namespace(w, "imp3")
     # A LoadBalancer's address is what to-serf publishes as `i` (agents are on loopback).
     lb_service(w, src, "web", 8443, "10.77.3.1", side="b")
     lb_service(w, src, "mine", 9443, "10.77.3.2", side="a")
@@ -603,7 +655,7 @@ def test_other_clusters_service_imported_our_own_never(world) -> None:
     other = BridgeProcess(
         node=k4,
         rpc_addr=w.agent_for(k4).rpc_addr,
-        kubeconfig=str(w.apiserver.kubeconfig),
+        kubeconfig=w.bridge_kubeconfig,
         workdir=w.serf.workdir,
         cluster="lab2",
         args=["--namespace", src, "--selector", "side=b", "--replicas", "1"],
@@ -635,7 +687,7 @@ def test_other_clusters_service_imported_our_own_never(world) -> None:
 @integration
 def test_users_service_of_the_same_name_is_never_touched_and_reported(world) -> None:
     w: World = world(3)
-    ns = make_namespace(w.client, "imp4")
+    ns = import_namespace(w, "imp4")
     mine = user_service(w, ns, "syncthing", labels={"team": "user"})
     pubs = add_publishers(w, ["pub-a"])
     publish(
@@ -713,7 +765,7 @@ def random_walk(
 @integration
 def test_crash_consistency_50_actions_10_kill_9_of_the_writer(world) -> None:
     w: World = world(3)
-    ns = make_namespace(w.client, "imp5")
+    ns = import_namespace(w, "imp5")
     names = ["pub-a", "pub-b", "pub-c"]
     ips = {n: f"10.77.5.{i + 1}" for i, n in enumerate(names)}
     pubs = add_publishers(w, names)
@@ -754,9 +806,9 @@ def assert_quiet(w: World, group: Importers, lab: Any, *, seconds: float) -> Non
 
 
 @integration
-def test_zero_writes_when_stable_then_dry_run_and_prune(world, kube_apiserver) -> None:
+def test_zero_writes_when_stable_then_dry_run_and_prune(world) -> None:
     w: World = world(3)
-    ns = make_namespace(w.client, "imp6")
+    ns = import_namespace(w, "imp6")
     pubs = add_publishers(w, ["pub-a", "pub-b"])
     publish(
         pubs["pub-a"],
@@ -771,7 +823,7 @@ def test_zero_writes_when_stable_then_dry_run_and_prune(world, kube_apiserver) -
     group = start_importers(w, import_args(ns, "--resync", "5"), namespace=ns)
     group.settle(ns, what="imports before the quiet window")
     time.sleep(2)
-    assert_quiet(w, group, kube_apiserver, seconds=30)
+    assert_quiet(w, group, w.apiserver, seconds=30)
 
     # The dry run plans for an empty namespace (so it has creates to show), writes nothing.
     node, dry_ns = writer_node(group.nodes), make_namespace(w.client, "imp6dry")
@@ -797,32 +849,15 @@ def test_zero_writes_when_stable_then_dry_run_and_prune(world, kube_apiserver) -
 # --- 7. RBAC mode ------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def rbac_import_lab(rbac_apiserver):
-    """The RBAC apiserver with the import namespace and deploy/'s RBAC applied."""
-    client = client_for(rbac_apiserver)
-    ensure_namespace(client, DEFAULT_NS)
-    client.close()
-    # Every RBAC manifest under deploy/ (the bridge's, and the imports' Role wherever it is).
-    manifests = sorted(DEPLOY.rglob("*rbac*.yaml"), key=lambda p: (len(p.parts), p))
-    assert manifests[0] == DEPLOY / "rbac.yaml", manifests
-    for manifest in manifests:
-        applied = kubectl(rbac_apiserver, "apply", "-f", str(manifest))
-        assert applied.returncode == 0, applied.stderr
-    return rbac_apiserver
-
-
 @integration
-def test_rbac_mode_imports_updates_deletes_and_prunes(rbac_import_lab) -> None:
-    lab = rbac_import_lab
-    user = next(u for u in lab.users if u.name == SERVICE_ACCOUNT_USER)
-    sa_config = str(lab.kubeconfig_for(user))
-    with World(3, apiserver=lab, node_prefix="rbi") as w:
-        try:
-            _rbac_scenario(w, sa_config, client_for(lab, user))
-        except BaseException:
-            print(w.logs(60))
-            raise
+def test_rbac_mode_imports_updates_deletes_and_prunes(world, default_ns) -> None:
+    w: World = world(3)
+    user = next(u for u in w.apiserver.users if u.name == SERVICE_ACCOUNT_USER)
+    sa = client_for(w.apiserver, user)
+    try:
+        _rbac_scenario(w, w.bridge_kubeconfig, sa)
+    finally:
+        sa.close()
 
 
 def _rbac_scenario(w: World, sa_config: str, sa: kube.KubeClient) -> None:
@@ -835,25 +870,14 @@ def _rbac_scenario(w: World, sa_config: str, sa: kube.KubeClient) -> None:
             entry("Docker", 2375, "10.77.7.2", member="pub-b"),
         ],
     )
-    group = Importers(w, list(w.nodes))
-    for node in w.nodes:
-        w.bridges[node] = BridgeProcess(
-            node=node,
-            rpc_addr=w.agent_for(node).rpc_addr,
-            kubeconfig=sa_config,
-            workdir=w.serf.workdir,
-            args=import_args(),
-        ).start()
-    for bridge in w.bridges.values():
-        bridge.wait_ready(60)
+    group = start_importers(w, import_args())
     group.settle(DEFAULT_NS, what="created as the ServiceAccount")
     group.publish(pubs["pub-a"], [entry("syncthing", 22001, "10.77.7.1", member="pub-a")])
     group.settle(DEFAULT_NS, what="updated (a new port) as the ServiceAccount")
     group.publish(pubs["pub-b"], [])
     want = group.settle(DEFAULT_NS, what="deleted as the ServiceAccount")
     assert dns1035("Docker") not in want.services
-    for bridge in w.bridges.values():
-        assert "forbidden" not in bridge.log_text().lower(), bridge.log_tail()
+    nothing_forbidden(w)
     # Exactly the verbs needed: create/update/delete, so a patch is refused even here ...
     path = f"/api/v1/namespaces/{DEFAULT_NS}/services/syncthing"
     with pytest.raises(KubeForbidden):

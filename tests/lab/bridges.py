@@ -188,10 +188,14 @@ class World:
         agent_specs: Sequence[AgentSpec] | None = None,
         cluster: str = CLUSTER,
         node_prefix: str = "k",
+        bridge_kubeconfig: str | None = None,
     ) -> None:
+        """``bridge_kubeconfig``: the daemons' credentials (default: the apiserver's admin;
+        the RBAC tests give the ServiceAccount's). ``client`` is always the admin."""
         self.cluster = cluster
         self._own_apiserver = apiserver is None
         self.apiserver = apiserver or LabApiServer()
+        self.bridge_kubeconfig = bridge_kubeconfig or str(self.apiserver.kubeconfig)
         specs = agent_specs or [AgentSpec(f"serf-{node_prefix}{i + 1}") for i in range(n)]
         self.serf = SerfCluster(specs=specs, join_timeout=45)
         self.nodes = [f"{node_prefix}{i + 1}" for i in range(len(specs))]
@@ -252,7 +256,7 @@ class World:
         return BridgeProcess(
             node=node,
             rpc_addr=self.agent_for(node).rpc_addr,
-            kubeconfig=str(self.apiserver.kubeconfig),
+            kubeconfig=self.bridge_kubeconfig,
             workdir=self.serf.workdir,
             cluster=self.cluster,
             **options,

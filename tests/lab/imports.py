@@ -21,14 +21,19 @@ import itertools
 import json
 import re
 import ssl
+import subprocess
 import time
 import urllib.request
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from serfbridge import cloudy, kube
 from serfbridge.errors import KubeError, KubeNotFound, ServicesDecodeError
 from tests.lab.apiserver import LabApiServer
+from tests.lab.errors import LabError
 from tests.lab.import_model import (
     MANAGED_BY,
     MANAGED_BY_VALID,
@@ -206,6 +211,34 @@ def make_namespace(client: kube.KubeClient, prefix: str) -> str:
     name = f"{prefix}-{next(_NAMES)}-{int(time.time() * 1000) % 1000000}"
     ensure_namespace(client, name)
     return name
+
+
+#: The imports' RBAC as shipped: a Namespace ``cloudy`` and a Role bound there.
+IMPORTS_RBAC = Path(__file__).resolve().parents[2] / "deploy" / "imports" / "rbac.yaml"
+
+
+def grant_imports(lab: LabApiServer, ns: str) -> None:
+    """Apply ``deploy/imports/rbac.yaml`` for the import namespace ``ns``: the shipped
+    manifest with its namespace ``cloudy`` changed to ``ns`` and nothing else, which is what
+    the operations guide tells an operator who sets ``--import-namespace``."""
+    docs = [d for d in yaml.safe_load_all(IMPORTS_RBAC.read_text()) if d]
+    for doc in docs:
+        meta = doc["metadata"]
+        if doc["kind"] == "Namespace":
+            meta["name"] = ns
+        else:
+            assert meta["namespace"] == "cloudy", meta
+            meta["namespace"] = ns
+    applied = subprocess.run(
+        ["kubectl", "--kubeconfig", str(lab.kubeconfig), "apply", "-f", "-"],
+        input=yaml.safe_dump_all(docs),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if applied.returncode != 0:
+        raise LabError(f"kubectl apply of the imports RBAC for {ns}: {applied.stderr}")
 
 
 def ensure_namespace(client: kube.KubeClient, name: str) -> None:
