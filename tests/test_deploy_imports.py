@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from serfbridge import defaults
+from tests.test_deploy_manifests import grants
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 
@@ -21,14 +22,7 @@ def test_imports_get_a_role_not_a_cluster_role() -> None:
     assert {d["kind"] for d in docs} == {"Namespace", "Role", "RoleBinding"}
     [role] = [d for d in docs if d["kind"] == "Role"]
     assert role["metadata"]["namespace"] == defaults.IMPORT_NAMESPACE
-    grants = {
-        (group, resource, verb)
-        for rule in role["rules"]
-        for group in rule["apiGroups"]
-        for resource in rule["resources"]
-        for verb in rule["verbs"]
-    }
-    assert grants == {
+    assert grants(role) == {
         *(("", "services", v) for v in ("create", "update", "delete")),
         *(("discovery.k8s.io", "endpointslices", v) for v in ("create", "update", "delete")),
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -32,16 +33,20 @@ def test_daemonset_runs_as_the_service_account_the_rbac_test_proved_sufficient()
 
 def test_cluster_role_grants_exactly_what_the_bridge_uses() -> None:
     [role] = [d for d in documents() if d["kind"] == "ClusterRole"]
-    grants = {
+    assert grants(role) == {
+        *(("", "nodes", v) for v in ("get", "list", "watch", "patch")),
+        *(("", "services", v) for v in ("get", "list", "watch")),
+        *(("discovery.k8s.io", "endpointslices", v) for v in ("get", "list", "watch")),
+        ("", "events", "create"),
+    }
+
+
+def grants(role: dict[str, Any]) -> set[tuple[str, str, str]]:
+    """Every (API group, resource, verb) a Role or ClusterRole grants."""
+    return {
         (group, resource, verb)
         for rule in role["rules"]
         for group in rule["apiGroups"]
         for resource in rule["resources"]
         for verb in rule["verbs"]
-    }
-    assert grants == {
-        *(("", "nodes", v) for v in ("get", "list", "watch", "patch")),
-        *(("", "services", v) for v in ("get", "list", "watch")),
-        *(("discovery.k8s.io", "endpointslices", v) for v in ("get", "list", "watch")),
-        ("", "events", "create"),
     }

@@ -38,7 +38,6 @@ from serfbridge.plan_publish import PublishSettings, plan_publish
 from serfbridge.rpc.models import Member
 from tests.fixtures_kube import client_for
 from tests.fixtures_world import worlds_on
-from tests.lab import commands
 from tests.lab.apiserver import SERVICE_ACCOUNT_USER
 from tests.lab.bridges import BridgeProcess, World
 from tests.lab.errors import LabError
@@ -70,7 +69,7 @@ from tests.lab.imports import (
     versions,
 )
 from tests.lab.serfagents import AgentSpec, SerfAgent, raw_request
-from tests.test_kube_rbac import DEPLOY, kubectl
+from tests.test_kube_rbac import DEPLOY
 
 integration = pytest.mark.integration
 CONVERGE = 60.0
@@ -194,24 +193,6 @@ def sees(w: World, member: str, status: str) -> Callable[[], bool]:
     return lambda: w.serf.statuses(viewer).get(member) == status
 
 
-def run_cli(w: World, node: str, *args: str, kubeconfig: str | None = None) -> commands.Result:
-    return commands.run(
-        [
-            "--config",
-            "/dev/null",
-            "--rpc-addr",
-            w.agent_for(node).rpc_addr,
-            "--kubeconfig",
-            kubeconfig or w.bridge_kubeconfig,
-            "--cluster-name",
-            w.cluster,
-            "--node-name",
-            node,
-            *args,
-        ]
-    )
-
-
 def user_service(w: World, ns: str, name: str, labels: Mapping[str, str] | None = None) -> dict:
     body = {
         "metadata": {"name": name, "labels": dict(labels or {})},
@@ -239,7 +220,7 @@ def rbac_import_lab(rbac_apiserver):
     manifests = sorted(DEPLOY.rglob("*rbac*.yaml"), key=lambda p: (len(p.parts), p))
     assert manifests[0] == DEPLOY / "rbac.yaml", manifests
     for manifest in manifests:
-        applied = kubectl(rbac_apiserver, "apply", "-f", str(manifest))
+        applied = rbac_apiserver.kubectl("apply", "-f", str(manifest))
         assert applied.returncode == 0, applied.stderr
     return rbac_apiserver
 
@@ -827,7 +808,7 @@ def test_zero_writes_when_stable_then_dry_run_and_prune(world) -> None:
 
     # The dry run plans for an empty namespace (so it has creates to show), writes nothing.
     node, dry_ns = writer_node(group.nodes), make_namespace(w.client, "imp6dry")
-    dry = run_cli(w, node, "sync", "--dry-run", *import_args(dry_ns))
+    dry = w.cli(node, "sync", "--dry-run", *import_args(dry_ns))
     assert dry.exit_code == 0, dry.output
     for line in (
         f"import: create Service {dry_ns}/syncthing",
@@ -838,7 +819,7 @@ def test_zero_writes_when_stable_then_dry_run_and_prune(world) -> None:
 
     for bridge in w.bridges.values():
         bridge.terminate()  # nobody imports again behind the prune
-    pruned = run_cli(w, node, "sync", "--prune-imports", "--import-namespace", ns)
+    pruned = w.cli(node, "sync", "--prune-imports", "--import-namespace", ns)
     assert pruned.exit_code == 0, pruned.output
     assert f"{ns}/syncthing" in pruned.output and f"{ns}/web" in pruned.output, pruned.output
     assert imported_objects(w.client, ns) == {"services": {}, "slices": {}}
@@ -903,6 +884,6 @@ def _rbac_scenario(w: World, sa_config: str, sa: kube.KubeClient) -> None:
         )
     for bridge in w.bridges.values():
         bridge.terminate()
-    pruned = run_cli(w, w.nodes[0], "sync", "--prune-imports", kubeconfig=sa_config)
+    pruned = w.cli(w.nodes[0], "sync", "--prune-imports", kubeconfig=sa_config)
     assert pruned.exit_code == 0, pruned.output
     assert imported_objects(w.client, DEFAULT_NS) == {"services": {}, "slices": {}}

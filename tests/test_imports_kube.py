@@ -4,7 +4,6 @@ deploy/imports/rbac.yaml is exactly enough."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -156,19 +155,9 @@ def test_plan_apply_steady_state_and_prune(kube_admin, kube_objects, start_cache
     assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
 
 
-def kubectl(lab, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["kubectl", "--kubeconfig", str(lab.kubeconfig), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 def test_rbac_mode_the_role_is_exactly_enough(rbac_apiserver, start_cache):
     for manifest in (DEPLOY / "rbac.yaml", DEPLOY / "imports" / "rbac.yaml"):
-        applied = kubectl(rbac_apiserver, "apply", "-f", str(manifest))
+        applied = rbac_apiserver.kubectl("apply", "-f", str(manifest))
         assert applied.returncode == 0, applied.stderr
     admin = client_for(rbac_apiserver)
     user = next(u for u in rbac_apiserver.users if u.name == SERVICE_ACCOUNT_USER)
@@ -234,7 +223,6 @@ def test_daemons_import_a_hand_published_entry_and_remove_it(world):
 
 def _one_syncthing_entry(w) -> str:
     """k2's agent publishes one syncthing entry by hand; k1's bridge records itself."""
-    from tests.test_to_k8s import run_cli
     from tests.test_to_serf import hand_tag, make_namespace, set_raw_tags
 
     k1, k2 = w.nodes
@@ -242,14 +230,13 @@ def _one_syncthing_entry(w) -> str:
         '{"s":"syncthing","d":"sync","m":"x.guifi.local","i":"192.0.2.10","p":"8384","e":"","t":""}'
     )
     set_raw_tags(w.agent_for(k2), {"services": hand_tag(entry)})
-    recorded = run_cli(w, k1, "sync", "--once", "--no-to-serf")
+    recorded = w.cli(k1, "sync", "--once", "--no-to-serf")
     assert recorded.exit_code == 0, recorded.output
     return make_namespace(w, "imp")
 
 
 def test_sync_dry_run_apply_nothing_then_prune(world):
     from tests.lab.bridges import World
-    from tests.test_to_k8s import run_cli
 
     w: World = world(2)
     k1, _ = w.nodes
@@ -259,19 +246,19 @@ def test_sync_dry_run_apply_nothing_then_prune(world):
         f"import: create Service {ns}/syncthing",
         f"import: create EndpointSlice {ns}/syncthing-p8384",
     ]
-    dry = run_cli(w, k1, *base, "--dry-run")
+    dry = w.cli(k1, *base, "--dry-run")
     assert dry.exit_code == 0, dry.output
     assert dry.output.splitlines()[:2] == lines
     assert in_namespace(w.client, ns, "v1beta1") == {"services": set(), "slices": set()}
-    applied = run_cli(w, k1, *base)
+    applied = w.cli(k1, *base)
     assert applied.output.splitlines()[:2] == lines and "import: 2 write(s) sent" in applied.output
     assert in_namespace(w.client, ns, "v1beta1") == {
         "services": {"syncthing"},
         "slices": {"syncthing-p8384"},
     }
-    again = run_cli(w, k1, *base)
+    again = w.cli(k1, *base)
     assert "import: nothing to change" in again.output and "sent" not in again.output
-    pruned = run_cli(w, k1, "sync", "--prune-imports", "--import-namespace", ns)
+    pruned = w.cli(k1, "sync", "--prune-imports", "--import-namespace", ns)
     assert pruned.exit_code == 0, pruned.output
     assert f"import: delete EndpointSlice {ns}/syncthing-p8384" in pruned.output
     assert f"import: delete Service {ns}/syncthing" in pruned.output

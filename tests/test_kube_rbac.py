@@ -3,7 +3,6 @@ runs every adapter operation and is refused anything else, as KubeForbidden."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,19 +15,9 @@ pytestmark = pytest.mark.integration
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 
 
-def kubectl(lab, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["kubectl", "--kubeconfig", str(lab.kubeconfig), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 @pytest.fixture(scope="module")
 def rbac_lab(rbac_apiserver):
-    applied = kubectl(rbac_apiserver, "apply", "-f", str(DEPLOY / "rbac.yaml"))
+    applied = rbac_apiserver.kubectl("apply", "-f", str(DEPLOY / "rbac.yaml"))
     assert applied.returncode == 0, applied.stderr
     return rbac_apiserver
 
@@ -49,7 +38,7 @@ def admin_objects(rbac_lab):
 
 
 def test_kubectl_apply_dry_run_server_of_deploy(kube_apiserver):
-    done = kubectl(kube_apiserver, "apply", "--dry-run=server", "-f", str(DEPLOY))
+    done = kube_apiserver.kubectl("apply", "--dry-run=server", "-f", str(DEPLOY))
     assert done.returncode == 0, done.stderr
     assert "serviceaccount/serfbridge created (server dry run)" in done.stdout
 

@@ -4,7 +4,6 @@ compacts etcd, stops both by PID, and fails (never skips) when a component is mi
 from __future__ import annotations
 
 import os
-import subprocess
 
 import pytest
 
@@ -12,11 +11,6 @@ from tests.lab.apiserver import LabApiServer, free_port
 from tests.lab.errors import MissingComponent
 
 pytestmark = pytest.mark.integration
-
-
-def kubectl(lab, *args):
-    return subprocess.run(["kubectl", "--kubeconfig", str(lab.kubeconfig), *args],
-                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
 
 
 def test_missing_binary_fails_with_the_install_command(tmp_path):
@@ -31,15 +25,15 @@ def test_free_port_is_bindable():
 
 def test_restart_keeps_data_and_port_and_stop_reaps_both(private_apiserver):
     lab = private_apiserver
-    assert kubectl(lab, "get", "--raw", "/readyz").stdout.strip() == "ok"
-    assert kubectl(lab, "create", "configmap", "kept", "--from-literal=a=b").returncode == 0
+    assert lab.kubectl("get", "--raw", "/readyz").stdout.strip() == "ok"
+    assert lab.kubectl("create", "configmap", "kept", "--from-literal=a=b").returncode == 0
     port, old_pid = lab.port, lab.apiserver_pid
     lab.stop_apiserver()
     assert lab.apiserver_pid is None and lab.etcd_pid is not None
-    assert kubectl(lab, "get", "configmap", "kept", "--request-timeout=2s").returncode != 0
+    assert lab.kubectl("get", "configmap", "kept", "--request-timeout=2s").returncode != 0
     lab.start_apiserver()
     assert (lab.port, lab.apiserver_pid != old_pid) == (port, True)
-    assert kubectl(lab, "get", "configmap", "kept").returncode == 0
+    assert lab.kubectl("get", "configmap", "kept").returncode == 0
     pids = (lab.apiserver_pid, lab.etcd_pid)
     lab.stop()
     for pid in pids:
@@ -50,7 +44,7 @@ def test_restart_keeps_data_and_port_and_stop_reaps_both(private_apiserver):
 
 def test_compaction_helper(nowatch_apiserver):
     before = nowatch_apiserver.etcd_revision()
-    assert kubectl(nowatch_apiserver, "create", "namespace", "compact-me").returncode == 0
+    assert nowatch_apiserver.kubectl("create", "namespace", "compact-me").returncode == 0
     rev = nowatch_apiserver.compact_etcd()
     assert rev > before
     assert "kube-apiserver" in nowatch_apiserver.logs(5)

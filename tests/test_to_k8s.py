@@ -186,38 +186,19 @@ def test_hostile_gossip_becomes_no_invalid_label(world) -> None:
     assert "serfbridge_gossip_rejects_total" in metrics
 
 
-def run_cli(w: World, node: str, *args: str) -> commands.Result:
-    """The installed ``serfbridge`` for ``node`` (what a user runs), as a process."""
-    return commands.run(
-        [
-            "--config",
-            "/dev/null",
-            "--rpc-addr",
-            w.agent_for(node).rpc_addr,
-            "--kubeconfig",
-            str(w.apiserver.kubeconfig),
-            "--cluster-name",
-            w.cluster,
-            "--node-name",
-            node,
-            *args,
-        ]
-    )
-
-
 def test_sync_once_dry_run_then_apply_then_nothing(world) -> None:
     w: World = world(2)
     k1 = w.nodes[0]
     with SerfClient(w.agent_for(k1).rpc_addr) as c:
         c.tags({"role": "edge"})
-    dry = run_cli(w, k1, "sync", "--once", "--dry-run", "--no-to-serf")
+    dry = w.cli(k1, "sync", "--once", "--dry-run", "--no-to-serf")
     assert dry.exit_code == 0, dry.output
     assert f"would patch node {k1}" in dry.output and f"{P}/tag.role: edge" in dry.output
     assert ours(w, k1) == {}
-    applied = run_cli(w, k1, "sync", "--once", "--no-to-serf")
+    applied = w.cli(k1, "sync", "--once", "--no-to-serf")
     assert "1 PATCH request(s) sent" in applied.output
     assert ours(w, k1) == {f"{P}/serf-status": "alive", f"{P}/tag.role": "edge"}
-    again = run_cli(w, k1, "sync", "--once", "--no-to-serf")
+    again = w.cli(k1, "sync", "--once", "--no-to-serf")
     assert "nothing to change" in again.output and "PATCH" not in again.output
 
 

@@ -170,6 +170,17 @@ class LabApiServer:
     def apiserver_pid(self) -> int | None:
         return self._apiserver.pid if self._apiserver else None
 
+    def kubectl(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        """``kubectl`` as admin against this apiserver (never raises on its exit code)."""
+        return subprocess.run(
+            ["kubectl", "--kubeconfig", str(self.kubeconfig), *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
     def kubeconfig_for(self, user: TokenUser) -> Path:
         """Write (once) and return a kubeconfig that authenticates as ``user``."""
         path = self.dir / f"kubeconfig-{user.token[:8]}"

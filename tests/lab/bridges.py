@@ -262,6 +262,25 @@ class World:
             **options,
         )
 
+    def cli(self, node: str, *args: str, kubeconfig: str | None = None) -> commands.Result:
+        """The installed ``serfbridge`` for ``node`` (what a user runs), as a process, with
+        the daemons' credentials unless ``kubeconfig`` says otherwise."""
+        return commands.run(
+            [
+                "--config",
+                "/dev/null",
+                "--rpc-addr",
+                self.agent_for(node).rpc_addr,
+                "--kubeconfig",
+                kubeconfig or self.bridge_kubeconfig,
+                "--cluster-name",
+                self.cluster,
+                "--node-name",
+                node,
+                *args,
+            ]
+        )
+
     def node_metadata(self, name: str) -> tuple[dict[str, str], dict[str, str]]:
         info = self.client.get_node(name)
         return dict(info.labels), dict(info.annotations)

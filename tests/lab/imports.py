@@ -21,7 +21,6 @@ import itertools
 import json
 import re
 import ssl
-import subprocess
 import time
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -229,14 +228,7 @@ def grant_imports(lab: LabApiServer, ns: str) -> None:
         else:
             assert meta["namespace"] == "cloudy", meta
             meta["namespace"] = ns
-    applied = subprocess.run(
-        ["kubectl", "--kubeconfig", str(lab.kubeconfig), "apply", "-f", "-"],
-        input=yaml.safe_dump_all(docs),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    applied = lab.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
     if applied.returncode != 0:
         raise LabError(f"kubectl apply of the imports RBAC for {ns}: {applied.stderr}")
 
