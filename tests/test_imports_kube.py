@@ -155,6 +155,49 @@ def test_plan_apply_steady_state_and_prune(kube_admin, kube_objects, start_cache
     assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
 
 
+def test_ipv6_publishers_get_an_ipv6_slice_the_server_accepts(
+    kube_admin, kube_objects, start_cache
+):
+    """One Service, two slices for one port (IPv4 and IPv6, ``addressType`` each), as the
+    server stores them; then no write, then prune."""
+    node, namespace = KubeObjects.name("imp6-node"), KubeObjects.name("imp6")
+    kube_objects.create_node(node, annotations=record(node))
+    make_namespace(kube_admin, namespace)
+    s = Settings(node_name=node, cluster="lab", import_services=True, import_namespace=namespace)
+    cache = start_cache(kube_admin)
+    assert cache.wait_synced(15)
+    wait_until(lambda: node in cache.nodes())
+    version = bridge.read_kube(cache).slice_version
+    objects = Writes(kube_admin, slice_version=version)
+    pubs = (
+        publisher("a", ("syncthing", "192.0.2.20", "8384")),
+        publisher("b", ("syncthing", "2001:db8::20", "8384")),
+        publisher("c", ("syncthing", "2001:db8::21", "8384"), status="failed"),
+    )
+
+    def run() -> int:
+        view = serf_view(node, *pubs)
+        return bridge.import_pass(
+            view, bridge.read_kube(cache), kube=objects, settings=s, cache=cache
+        )[1]
+
+    assert run() == 3  # the Service and two slices
+    base = f"/apis/discovery.k8s.io/{version}/namespaces/{namespace}/endpointslices"
+    v4 = get(kube_admin, f"{base}/syncthing-p8384", "endpointslices")
+    v6 = get(kube_admin, f"{base}/syncthing-p8384-v6", "endpointslices")
+    assert (v4["addressType"], v6["addressType"]) == ("IPv4", "IPv6")
+    assert [(e["addresses"], e["conditions"]["ready"]) for e in v6["endpoints"]] == [
+        (["2001:db8::20"], True),
+        (["2001:db8::21"], False),
+    ]
+    assert v6["metadata"]["labels"]["kubernetes.io/service-name"] == "syncthing"
+    assert run() == 0
+    wait_until(lambda: f"{namespace}/syncthing-p8384-v6" in cache.endpoint_slices())
+    _, writes = bridge.prune_imports(bridge.read_kube(cache), kube=objects, settings=s, cache=cache)
+    assert writes == 3
+    assert in_namespace(kube_admin, namespace, version) == {"services": set(), "slices": set()}
+
+
 def test_rbac_mode_the_role_is_exactly_enough(rbac_apiserver, start_cache):
     for manifest in (DEPLOY / "rbac.yaml", DEPLOY / "imports" / "rbac.yaml"):
         applied = rbac_apiserver.kubectl("apply", "-f", str(manifest))
