@@ -226,14 +226,33 @@ def _choose(found: Sequence[Member], record: Record | None, *, node: str, writer
     return Binding(best, "address", bridged=False, recorded_by=writer)
 
 
-def recorded_itself(
+#: The ``serf-status`` values only other bridges write on a Node: the majority's verdict.
+VERDICTS = ("failed", "left")
+
+
+def verdict(node: NodeInfo, settings: PlanSettings) -> str | None:
+    """The majority's ``failed``/``left`` label on ``node``, if it carries one."""
+    current = node.labels.get(settings.key("serf-status"))
+    return current if current in VERDICTS else None
+
+
+def may_write_for_others(
     node: str, binding: Binding, *, nodes: Mapping[str, NodeInfo], settings: PlanSettings
 ) -> bool:
-    """True when ``node``'s own bridge has recorded its member on it: it may write for
-    others (labels) or for the cluster (imports).
+    """True when ``node``'s own bridge may write for others (labels) or for the cluster
+    (imports): it has recorded its member on its Node, and no verdict stands on it.
 
     Every bridge judges this from the API's records, its own Node included, so all agree
     on the candidates: a bridge that has not recorded itself yet is no candidate, not even
-    in its own eyes."""
-    record = maybe_record(nodes[node], Keys.for_prefix(settings.prefix))
-    return record is not None and record.own(node) and record.member == binding.member.name
+    in its own eyes. A bridge the majority has labelled failed is none either, even while
+    its own agent still sees most peers alive: behind a cut link Serf declares the peers
+    failed one by one, so for a few seconds the cut side can pass the partition guard and
+    would label the majority's Nodes failed against the majority's own writes."""
+    info = nodes[node]
+    record = maybe_record(info, Keys.for_prefix(settings.prefix))
+    return (
+        record is not None
+        and record.own(node)
+        and record.member == binding.member.name
+        and verdict(info, settings) is None
+    )

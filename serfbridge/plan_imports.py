@@ -153,7 +153,9 @@ def maybe_writer(
         )
         return None, guard
     bridges = [
-        n for n in alive if matching.recorded_itself(n, bindings[n], nodes=nodes, settings=settings)
+        n
+        for n in alive
+        if matching.may_write_for_others(n, bindings[n], nodes=nodes, settings=settings)
     ]
     ranked = rendezvous.rank(WRITER_KEY, bridges)
     return (ranked[0] if ranked else None), None

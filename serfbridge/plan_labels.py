@@ -55,7 +55,6 @@ UNVERIFIED = "k8s tag claims a Node it cannot be verified for"
 _LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
 _LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
 _WRITER_STATES = ("alive", "leaving")  # the Node's own bridge is up and writes for itself
-_VERDICTS = ("failed", "left")  # labels only other bridges write: the majority's verdict
 _UNVERIFIED_NAMED = 3  # an unverified-claims note names this many members, then counts
 
 
@@ -245,12 +244,13 @@ def _maybe_partition_guard(matched: Mapping[str, Member]) -> str | None:
 def _writers(
     found: matching.Match, nodes: Mapping[str, NodeInfo], *, settings: LabelSettings
 ) -> list[str]:
-    """The Nodes whose own bridge is alive and recorded itself: who may write for others."""
+    """The Nodes whose own bridge is alive, recorded itself and carries no verdict: who may
+    write for others."""
     alive = sorted(n for n, b in found.bindings.items() if b.member.status == "alive")
     return [
         n
         for n in alive
-        if matching.recorded_itself(n, found.bindings[n], nodes=nodes, settings=settings)
+        if matching.may_write_for_others(n, found.bindings[n], nodes=nodes, settings=settings)
     ]
 
 
@@ -264,8 +264,7 @@ def _maybe_patch(
     skipped: Counter[str],
 ) -> NodePatch | None:
     """The patch this bridge makes on ``name``, or None (not its to write, or no change)."""
-    current = node.labels.get(settings.key("serf-status"))
-    verdict = current if current in _VERDICTS else None
+    verdict = matching.verdict(node, settings)
     reason = _why_we_write(name, binding, writers=writers, settings=settings, verdict=verdict)
     if reason is None:
         return None

@@ -295,6 +295,27 @@ def test_a_bridge_that_has_not_recorded_itself_is_no_candidate() -> None:
     assert result.writes == () and "imports are written by" in result.notes[-1]
 
 
+def test_a_bridge_the_majority_labelled_failed_is_no_candidate() -> None:
+    judged = NODES[WRITER]
+    labels = {**judged.labels, f"{P}/serf-status": "failed"}
+    nodes = {**NODES, WRITER: NodeInfo(WRITER, WRITER, labels, judged.annotations,
+                                       judged.addresses, True)}  # fmt: skip
+    # The judged bridge's own agent may still see every peer alive (a cut link): it still
+    # is no candidate, in its own eyes as in the others'.
+    for me in BRIDGES:
+        result = plan_imports(
+            [*bridge_members(), *SYNC],
+            nodes=nodes,
+            services={},
+            slices={},
+            settings=cfg(me),
+            synced=True,
+        )
+        others = [n for n in BRIDGES if n != WRITER]
+        assert result.writer == rendezvous.rank(WRITER_KEY, others)[0]
+        assert bool(result.writes) == (me == result.writer)
+
+
 def test_no_members_read_writes_nothing() -> None:
     result = plan_imports([], nodes=NODES, services={}, slices={}, settings=cfg(), synced=True)
     assert result.writes == ()

@@ -166,6 +166,7 @@ def writes(bridge: str, view: list[Member], api: dict[str, NodeInfo]) -> dict[st
 
 
 _K4_FIRST = rendezvous.rank("k4", ["k1", "k2", "k3"])[0]
+assert rendezvous.rank("k2", ["k1", "k3", "k4"])[0] == "k4"  # the cut case below needs it
 
 
 @pytest.mark.parametrize(
@@ -209,6 +210,17 @@ _K4_FIRST = rendezvous.rank("k4", ["k1", "k2", "k3"])[0]
             labelled({"k1": "failed"}),
             {},
             id="split-no-repair-even-of-own-node",
+        ),
+        # Behind the cut, k4's agent declares its peers failed one by one: with only k2
+        # failed yet it sees 3/4 alive and passes the guard, and it ranks first for k2.
+        # Judged failed by the majority, it writes for no one (CI caught it fighting the
+        # majority's k2 over its label, 20 writes in 2 s, before this rule).
+        pytest.param(
+            "k4",
+            seen(k2="failed"),
+            labelled({"k4": "failed"}),
+            {},
+            id="cut-node-judged-failed-writes-for-no-one",
         ),
         # Lifeguard: behind the cut, k4 may still see its peers alive; the verdict stands.
         pytest.param(
