@@ -24,17 +24,17 @@ from serfbridge.cloudy import Entry, TagChange
 from serfbridge.config import Settings
 from serfbridge.errors import KubeConflict, KubeError
 from serfbridge.failure_hold import FailureHold, settle
-from serfbridge.import_apply import ObjectWriter, apply_import_plan
 from serfbridge.kubemodels import NodeInfo, ServiceInfo, SliceInfo
 from serfbridge.plan_events import EventKey, EventPlan, PlannedEvent, plan_events
-from serfbridge.plan_imports import ImportPlan, plan_imports, plan_prune
 from serfbridge.plan_labels import LabelPlan, NodePatch, plan_labels
 from serfbridge.plan_owned import maybe_owned_tags_patch
 from serfbridge.plan_publish import LeftOut, PublishPlan, plan_publish
 from serfbridge.rpc.models import Member
 
 if TYPE_CHECKING:  # the cache pulls in `kubernetes`; the standalone handler must not load it
+    from serfbridge.import_apply import ObjectWriter
     from serfbridge.kube_cache import KubeCache
+    from serfbridge.plan_imports import ImportPlan
 
 log = logging.getLogger(__name__)
 
@@ -328,8 +328,14 @@ def _create_event(kube: KubeWriter, event: PlannedEvent) -> bool:
 # --- imports ---------------------------------------------------------------------------
 
 
+# The imports modules load only here: the event handler's standalone pass never runs this
+# direction, and they are a fifth of its start-up imports.
+
+
 def plan_import_pass(serf_view: SerfView, kube_view: KubeView, *, settings: Settings) -> ImportPlan:
     """The imports plan of one pass (nothing to write on a partial view)."""
+    from serfbridge.plan_imports import plan_imports
+
     return plan_imports(
         serf_view.members,
         nodes=kube_view.nodes,
@@ -352,9 +358,7 @@ def import_pass(
 ) -> tuple[ImportPlan, int]:
     """Plan the imported Services and EndpointSlices and apply them; the int counts writes."""
     plan = plan_import_pass(serf_view, kube_view, settings=settings)
-    if dry_run or kube is None:
-        return plan, 0
-    return plan, apply_import_plan(kube, plan, cache=cache)
+    return plan, _apply_imports(kube, plan, dry_run=dry_run, cache=cache)
 
 
 def prune_imports(
@@ -367,12 +371,22 @@ def prune_imports(
 ) -> tuple[ImportPlan, int]:
     """Delete everything this cluster imported; refused on a partial view (it could miss
     some), and the plan says so."""
+    from serfbridge.plan_imports import ImportPlan, plan_prune
+
     if not kube_view.synced:
         return ImportPlan(notes=("kubernetes view not synced: nothing pruned",)), 0
     plan = plan_prune(kube_view.services, kube_view.slices, settings=settings.plan_settings(None))
+    return plan, _apply_imports(kube, plan, dry_run=dry_run, cache=cache)
+
+
+def _apply_imports(
+    kube: ObjectWriter | None, plan: ImportPlan, *, dry_run: bool, cache: KubeCache | None
+) -> int:
     if dry_run or kube is None:
-        return plan, 0
-    return plan, apply_import_plan(kube, plan, cache=cache)
+        return 0
+    from serfbridge.import_apply import apply_import_plan
+
+    return apply_import_plan(kube, plan, cache=cache)
 
 
 def _describe(patch: NodePatch) -> str:

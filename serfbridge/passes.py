@@ -274,7 +274,7 @@ class ImportRunner(PassRunner):
     ) -> None:
         super().__init__(serf, metrics=metrics, scheduler=scheduler, clock=clock)
         self.objects: KubeObjects | None = None
-        self.last_plan: dict[str, object] = empty_import_status()
+        self.last_plan: dict[str, object] = import_status(None)
         self._last_notes: tuple[str, ...] = ()
 
     def enabled(self, settings: Settings) -> bool:
@@ -313,12 +313,10 @@ class ImportRunner(PassRunner):
             self._last_notes = plan.notes
 
 
-def empty_import_status() -> dict[str, object]:
-    return {"services": 0, "endpoint_slices": 0, "skipped": {}, "refused": [], "writer": None}
-
-
-def import_status(plan: ImportPlan) -> dict[str, object]:
-    """The ``/status`` imports block of one plan."""
+def import_status(plan: ImportPlan | None) -> dict[str, object]:
+    """The ``/status`` imports block of one plan (None: before the first pass)."""
+    if plan is None:
+        return {"services": 0, "endpoint_slices": 0, "skipped": {}, "refused": [], "writer": None}
     return {
         "services": plan.counts.get("services", 0),
         "endpoint_slices": plan.counts.get("endpoint_slices", 0),
